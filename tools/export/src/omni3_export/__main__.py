@@ -1,0 +1,3 @@
+from omni3_export.cli import main
+
+main()

@@ -1,0 +1,83 @@
+"""omni3-export: Megatron checkpoint -> Hugging Face checkpoint.
+
+Usage:
+  omni3-export --megatron-path DIR --hf-path DIR [--hf-model PATH] [--force] [--dry-run]
+  omni3-export settings
+"""
+
+import sys
+from collections.abc import Sequence
+
+from omni3_export.settings import ExportSettings
+from omni3_shared.cli import ToolCommands, run_cli
+from omni3_shared.errors import NotAvailableYet
+from omni3_shared.manifest import ArtifactKind
+from omni3_shared.plan import InputSpec, OutputSpec, preflight
+from omni3_shared.settings import load_settings
+
+TOOL = "omni3-export"
+
+
+class ExportCommands(ToolCommands):
+    """Convert a Megatron checkpoint (from omni3-import or omni3-sft) to a Hugging Face checkpoint.
+
+    Checks before any work: the input is a complete megatron-checkpoint or training-run artifact, the output
+    is new (or --force), and, with --verify, that exported logits match the source's on a fixed batch.
+    Settings come from flags, then OMNI3_* variables, then --settings-file; `omni3-export settings` lists them.
+    """
+
+    _settings_cls = ExportSettings
+
+    def run(
+        self,
+        megatron_path: str | None = None,
+        hf_path: str | None = None,
+        hf_model: str | None = None,
+        strict: bool | None = None,
+        verify: bool | None = None,
+        settings_file: str | None = None,
+        force: bool = False,
+        dry_run: bool = False,
+    ) -> None:
+        """Export a Megatron checkpoint to the Hugging Face layout (the default command).
+
+        Args:
+            megatron_path: Megatron checkpoint to convert (OMNI3_MEGATRON_PATH).
+            hf_path: output directory for the HF checkpoint (OMNI3_HF_PATH).
+            hf_model: reference HF checkpoint for config and tokenizer (OMNI3_HF_MODEL).
+            strict: fail on tensors regenerated from config instead of listing them (OMNI3_STRICT).
+            verify: compare logits of source and export (OMNI3_VERIFY, default true).
+            settings_file: YAML file of settings, below flags and environment (OMNI3_SETTINGS_FILE).
+            force: replace a complete artifact at --hf-path.
+            dry_run: print the resolved plan and the checks' results; write nothing.
+        """
+        flags = dict(megatron_path=megatron_path, hf_path=hf_path, hf_model=hf_model, strict=strict, verify=verify)
+        settings = load_settings(ExportSettings, flags, settings_file)
+        plan = preflight(
+            TOOL,
+            "run",
+            settings,
+            inputs=[
+                InputSpec(
+                    "megatron_checkpoint",
+                    settings.resolve_path(settings.megatron_path),
+                    (ArtifactKind.MEGATRON_CHECKPOINT, ArtifactKind.TRAINING_RUN),
+                )
+            ],
+            outputs=[OutputSpec("hf_checkpoint", settings.resolve_path(settings.hf_path), ArtifactKind.HF_CHECKPOINT)],
+            force=force,
+            not_checked=["Megatron-Bridge conversion and logit verification run only on a GPU machine"],
+        )
+        if dry_run:
+            print(plan.render(), end="")
+            return
+        plan.raise_first_problem()
+        raise NotAvailableYet("Megatron -> HF export", "the model lifecycle issue (#4)")
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    return run_cli(ExportCommands(), TOOL, argv, default_command="run")
+
+
+def main() -> None:
+    sys.exit(cli())

@@ -1,0 +1,3 @@
+from omni3_import.cli import main
+
+main()

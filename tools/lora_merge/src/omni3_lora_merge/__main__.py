@@ -1,0 +1,3 @@
+from omni3_lora_merge.cli import main
+
+main()

@@ -1,0 +1,3 @@
+from omni3_sft.cli import main
+
+main()

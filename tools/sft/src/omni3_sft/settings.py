@@ -1,0 +1,39 @@
+"""Settings of omni3-sft (environment prefix OMNI3_).
+
+A stage variant's ``settings:`` block sits below the environment, so ``--config tiny`` brings the tiny
+model and data by default while ``OMNI3_MEGATRON_CHECKPOINT`` still wins.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omni3_shared.settings import ToolSettings
+
+HUB_MODEL_ID = "nvidia/Nemotron-3-Nano-Omni-30B-A3B-Reasoning-BF16"
+
+
+class SftSettings(ToolSettings):
+    config: str = "default"
+    """Stage config: a variant name (see `omni3-sft variants`) or the path of a YAML file."""
+
+    stage_dir: Path | None = None
+    """Folder of the stage's variant YAML files; unset: the stages/stage0_sft of this checkout or image."""
+
+    run_dir: Path = Path("runs/stage0_sft")
+    """Training run directory written by this tool (checkpoints, metrics, report, manifest)."""
+
+    megatron_checkpoint: Path = Path("checkpoints/nemotron_omni")
+    """Megatron checkpoint training starts from (the output of omni3-import)."""
+
+    hf_model: str = HUB_MODEL_ID
+    """HF checkpoint directory providing config, tokenizer and processor; hub ids need hf://org/name."""
+
+    cord_v2_path: Path = Path("datasets/cord_v2")
+    """CORD-v2-style image+text dataset (from omni3-prep hf or synth) for the image-text variants."""
+
+    valor32k_energon_path: Path = Path("datasets/valor32k/energon")
+    """Valor32k-AVQA Energon dataset (from omni3-prep valor32k) for the Valor32k variants."""
+
+    trust_remote_code: bool = False
+    """Run Python code shipped inside the HF checkpoint (configuration_*.py). Off unless you trust the source."""
