@@ -3,37 +3,27 @@
     python3 ci/settings_docs.py          # rewrite the tables in place
     python3 ci/settings_docs.py --check  # exit 1 when README.md is out of date (tests/contract checks it too)
 
-Each table sits between ``<!-- settings:omni3-TOOL -->`` and ``<!-- /settings:omni3-TOOL -->``.
+Each table sits between ``<!-- settings:omni3-TOOL -->`` and ``<!-- /settings:omni3-TOOL -->`` and is
+exactly what ``omni3-TOOL settings --markdown`` prints.
 """
 
 from __future__ import annotations
 
-import importlib
 import re
+import subprocess
 import sys
 from pathlib import Path
 
-from omni3_shared.settings import render_settings_markdown
-
 README = Path(__file__).resolve().parents[1] / "README.md"
-TOOLS = ("prep", "import", "sft", "lora_merge", "adapter_export", "export")
-
-
-def settings_class(tool: str) -> type:
-    module = importlib.import_module(f"omni3_{tool}.cli")
-    commands = next(
-        value for value in vars(module).values() if isinstance(value, type) and hasattr(value, "_settings_cls")
-    )
-    return commands._settings_cls
+TOOLS = ("omni3-prep", "omni3-import", "omni3-sft", "omni3-lora-merge", "omni3-adapter-export", "omni3-export")
 
 
 def render(text: str) -> str:
-    for tool in TOOLS:
-        name = "omni3-" + tool.replace("_", "-")
+    for name in TOOLS:
         pattern = re.compile(rf"(<!-- settings:{name} -->\n).*?(<!-- /settings:{name} -->)", re.S)
         if not pattern.search(text):
             raise SystemExit(f"README.md has no settings block for {name}")
-        table = render_settings_markdown(settings_class(tool))
+        table = subprocess.run([name, "settings", "--markdown"], capture_output=True, text=True, check=True).stdout
         text = pattern.sub(lambda m, table=table: m.group(1) + table + m.group(2), text)
     return text
 

@@ -3,7 +3,7 @@
 Each tool defines one class whose public methods are its subcommands (flags default to ``None`` so that
 the environment is not masked) and a ``main()`` that calls ``run_cli``. Errors derived from ``Omni3Error``
 become ``<tool>: error: <cause>. Fix: <fix>.`` on stderr and their exit code; anything else is exit 1
-with the same one line. ``--debug`` anywhere on the command line shows the traceback instead.
+with the same one line. ``--debug`` anywhere on the command line prints the traceback before that line.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import inspect
 import logging
 import os
 import sys
+import traceback
+import typing
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,16 +45,19 @@ def run_cli(component: Any, name: str, argv: Sequence[str] | None = None, defaul
     except fire.core.FireExit as exc:
         return int(exc.code or 0)
     except Omni3Error as exc:
-        if debug:
-            raise
+        if debug:  # the traceback, then the same line and exit code: --debug never changes the outcome
+            traceback.print_exc()
         print(f"{name}: error: {exc.one_line()}", file=sys.stderr)
         return int(exc.exit_code)
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as shell tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         print(f"{name}: interrupted; nothing was published", file=sys.stderr)
         return 130
     except Exception as exc:  # the last line of defence: one line, never a traceback unless asked
         if debug:
-            raise
+            traceback.print_exc()
         detail = " ".join(str(exc).split()) or "no detail"
         print(
             f"{name}: error: unexpected {exc.__class__.__name__}: {detail}. "
@@ -67,8 +72,8 @@ def normalize_flags(component: Any, args: Sequence[str], name: str) -> list[str]
     """Refuse flags the subcommand does not take, and pin bare boolean flags to True.
 
     Fire calls the command first and complains about leftover arguments afterwards, so a mistyped flag
-    would otherwise run the command with its defaults; and a bare ``--dry-run`` followed by a positional
-    argument would take that argument as its value.
+    would otherwise run the command with its defaults, and so would ``--help`` after other flags; a bare
+    ``--dry-run`` followed by a positional argument would take that argument as its value.
     """
     args = list(args)
     if not args or args[0].startswith("-"):
@@ -81,14 +86,19 @@ def normalize_flags(component: Any, args: Sequence[str], name: str) -> list[str]
         return args
     known = {parameter.replace("_", "-"): p for parameter, p in parameters.items()}
     normalized = args[:1]
-    for index, arg in enumerate(args[1:], start=1):
+    index = 1
+    while index < len(args):
+        arg = args[index]
+        index += 1
         if arg == "--":
-            normalized.extend(args[index:])
+            normalized.extend(args[index - 1 :])
             break
-        if not arg.startswith("--") or arg == "--help":
+        if arg in HELP_FLAGS:  # Fire would run the command with the flags before --help, then show help
+            return [args[0], "--help"]
+        if not arg.startswith("--"):
             normalized.append(arg)
             continue
-        flag, has_value, _ = arg[2:].partition("=")
+        flag, has_value, value = arg[2:].partition("=")
         flag = flag.replace("_", "-")
         parameter = known.get(flag)
         if parameter is None and flag.startswith("no") and flag[2:] in known:
@@ -100,9 +110,38 @@ def normalize_flags(component: Any, args: Sequence[str], name: str) -> list[str]
             raise UsageError(
                 f"unknown flag --{flag} for '{name} {args[0]}'", fix=f"{hint}see '{name} {args[0]} --help'"
             )
-        is_switch = isinstance(parameter.default, bool)
-        normalized.append(f"--{flag}=True" if is_switch and not has_value else arg)
+        if not is_switch(parameter):
+            normalized.append(arg)
+            continue
+        # Fire would keep "--force=false" as the (truthy) string 'false', and let a bare switch take the next
+        # argument as its value: spell every switch out as True or False.
+        if not has_value and index < len(args) and args[index].lower() in ("true", "false"):
+            value, has_value = args[index], "="
+            index += 1
+        normalized.append(f"--{flag}={switch_value(flag, value) if has_value else True}")
     return normalized
+
+
+TRUE_WORDS = frozenset({"true", "yes", "on", "1"})
+FALSE_WORDS = frozenset({"false", "no", "off", "0"})
+
+
+def is_switch(parameter: inspect.Parameter) -> bool:
+    """A flag typed ``bool`` or ``bool | None`` (a string annotation too, under postponed evaluation)."""
+    if isinstance(parameter.default, bool):
+        return True
+    annotation = parameter.annotation
+    if isinstance(annotation, str):
+        return annotation.replace(" ", "") in ("bool", "bool|None", "None|bool", "Optional[bool]")
+    return annotation is bool or set(typing.get_args(annotation)) == {bool, type(None)}
+
+
+def switch_value(flag: str, value: str) -> bool:
+    if value.lower() in TRUE_WORDS:
+        return True
+    if value.lower() in FALSE_WORDS:
+        return False
+    raise UsageError(f"--{flag} takes true or false, not '{value}'", fix=f"write --{flag} or --{flag}=false")
 
 
 def setup_logging(name: str, debug: bool) -> None:

@@ -27,6 +27,11 @@ class InputSpec:
     allow_external: bool = False  # accept a plain directory without an omni3 manifest (e.g. an HF checkpoint)
 
 
+def hf_checkpoint_input(path: Path, role: str = "hf_model") -> InputSpec:
+    """A Hugging Face checkpoint: an omni3 hf-checkpoint artifact or a plain HF directory."""
+    return InputSpec(role, path, (ArtifactKind.HF_CHECKPOINT,), allow_external=True)
+
+
 @dataclass
 class OutputSpec:
     role: str

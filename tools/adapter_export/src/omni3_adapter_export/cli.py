@@ -12,7 +12,7 @@ from omni3_adapter_export.settings import AdapterExportSettings
 from omni3_shared.cli import ToolCommands, run_cli
 from omni3_shared.errors import NotAvailableYet
 from omni3_shared.manifest import ArtifactKind
-from omni3_shared.plan import InputSpec, OutputSpec, preflight
+from omni3_shared.plan import InputSpec, OutputSpec, hf_checkpoint_input, preflight
 from omni3_shared.settings import load_settings
 
 TOOL = "omni3-adapter-export"
@@ -55,14 +55,7 @@ class AdapterExportCommands(ToolCommands):
             InputSpec("lora_checkpoint", settings.resolve_path(settings.lora_checkpoint), (ArtifactKind.TRAINING_RUN,))
         ]
         if settings.hf_model_path:
-            inputs.append(
-                InputSpec(
-                    "hf_model",
-                    settings.resolve_path(settings.hf_model_path),
-                    (ArtifactKind.HF_CHECKPOINT,),
-                    allow_external=True,
-                )
-            )
+            inputs.append(hf_checkpoint_input(settings.resolve_path(settings.hf_model_path)))
         plan = preflight(
             TOOL,
             "run",

@@ -12,7 +12,7 @@ from omni3_export.settings import ExportSettings
 from omni3_shared.cli import ToolCommands, run_cli
 from omni3_shared.errors import NotAvailableYet
 from omni3_shared.manifest import ArtifactKind
-from omni3_shared.plan import InputSpec, OutputSpec, preflight
+from omni3_shared.plan import InputSpec, OutputSpec, hf_checkpoint_input, preflight
 from omni3_shared.settings import load_settings
 
 TOOL = "omni3-export"
@@ -53,17 +53,20 @@ class ExportCommands(ToolCommands):
         """
         flags = dict(megatron_path=megatron_path, hf_path=hf_path, hf_model=hf_model, strict=strict, verify=verify)
         settings = load_settings(ExportSettings, flags, settings_file)
+        inputs = [
+            InputSpec(
+                "megatron_checkpoint",
+                settings.resolve_path(settings.megatron_path),
+                (ArtifactKind.MEGATRON_CHECKPOINT, ArtifactKind.TRAINING_RUN),
+            )
+        ]
+        if settings.hf_model:
+            inputs.append(hf_checkpoint_input(settings.resolve_path(settings.hf_model)))
         plan = preflight(
             TOOL,
             "run",
             settings,
-            inputs=[
-                InputSpec(
-                    "megatron_checkpoint",
-                    settings.resolve_path(settings.megatron_path),
-                    (ArtifactKind.MEGATRON_CHECKPOINT, ArtifactKind.TRAINING_RUN),
-                )
-            ],
+            inputs=inputs,
             outputs=[OutputSpec("hf_checkpoint", settings.resolve_path(settings.hf_path), ArtifactKind.HF_CHECKPOINT)],
             force=force,
             not_checked=["Megatron-Bridge conversion and logit verification run only on a GPU machine"],

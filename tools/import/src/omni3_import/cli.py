@@ -12,7 +12,7 @@ from omni3_import.settings import ImportSettings
 from omni3_shared.cli import ToolCommands, run_cli
 from omni3_shared.errors import NotAvailableYet
 from omni3_shared.manifest import ArtifactKind
-from omni3_shared.plan import InputSpec, OutputSpec, preflight
+from omni3_shared.plan import OutputSpec, hf_checkpoint_input, preflight
 from omni3_shared.settings import load_settings
 
 TOOL = "omni3-import"
@@ -70,14 +70,7 @@ class ImportCommands(ToolCommands):
             TOOL,
             "run",
             settings,
-            inputs=[
-                InputSpec(
-                    "hf_model",
-                    settings.resolve_path(settings.hf_model),
-                    (ArtifactKind.HF_CHECKPOINT,),
-                    allow_external=True,
-                )
-            ],
+            inputs=[hf_checkpoint_input(settings.resolve_path(settings.hf_model))],
             outputs=[
                 OutputSpec(
                     "megatron_checkpoint",

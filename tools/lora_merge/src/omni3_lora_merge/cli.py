@@ -12,7 +12,7 @@ from omni3_lora_merge.settings import LoraMergeSettings
 from omni3_shared.cli import ToolCommands, run_cli
 from omni3_shared.errors import NotAvailableYet
 from omni3_shared.manifest import ArtifactKind
-from omni3_shared.plan import InputSpec, OutputSpec, preflight
+from omni3_shared.plan import InputSpec, OutputSpec, hf_checkpoint_input, preflight
 from omni3_shared.settings import load_settings
 
 TOOL = "omni3-lora-merge"
@@ -66,14 +66,7 @@ class LoraMergeCommands(ToolCommands):
             InputSpec("lora_checkpoint", settings.resolve_path(settings.lora_checkpoint), (ArtifactKind.TRAINING_RUN,))
         ]
         if settings.hf_model_path:
-            inputs.append(
-                InputSpec(
-                    "hf_model",
-                    settings.resolve_path(settings.hf_model_path),
-                    (ArtifactKind.HF_CHECKPOINT,),
-                    allow_external=True,
-                )
-            )
+            inputs.append(hf_checkpoint_input(settings.resolve_path(settings.hf_model_path)))
         output_kind = ArtifactKind.HF_CHECKPOINT if settings.output_format == "hf" else ArtifactKind.MEGATRON_CHECKPOINT
         plan = preflight(
             TOOL,

@@ -15,7 +15,7 @@ from omni3_sft.settings import HUB_MODEL_ID, SftSettings
 from omni3_shared.cli import ToolCommands, run_cli
 from omni3_shared.errors import NotAvailableYet, UsageError
 from omni3_shared.manifest import ArtifactKind
-from omni3_shared.plan import InputSpec, OutputSpec, preflight
+from omni3_shared.plan import InputSpec, OutputSpec, hf_checkpoint_input, preflight
 from omni3_shared.settings import load_settings
 
 TOOL = "omni3-sft"
@@ -98,7 +98,7 @@ class SftCommands(ToolCommands):
         if is_hub_id(settings.hf_model) and not hf_model_path.exists():
             not_checked.append(f"hf_model '{settings.hf_model}' is a hub id: it needs the hub at run time")
         else:
-            inputs.append(InputSpec("hf_model", hf_model_path, (ArtifactKind.HF_CHECKPOINT,), allow_external=True))
+            inputs.append(hf_checkpoint_input(hf_model_path))
         plan = preflight(
             TOOL,
             "run",

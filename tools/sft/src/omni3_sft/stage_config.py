@@ -26,6 +26,7 @@ KNOWN_RECIPES = (
 )
 VARIANTS = ("default", "tiny", "valor32k", "peft_valor32k", "image_text_peft", "audio_text")
 PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
+PATH_FIELDS = (("dataset", "path"), ("checkpoint", "pretrained_checkpoint"), ("checkpoint", "save"))
 
 
 class Section(BaseModel):
@@ -171,4 +172,8 @@ def interpolate(config: StageConfig, settings: SftSettings) -> dict[str, Any]:
             return [walk(item) for item in value]
         return value
 
-    return walk(config.model_dump(exclude={"settings"}))
+    resolved = walk(config.model_dump(exclude={"settings"}))
+    # A path written straight into a stage config or an override resolves as settings do: under storage_root.
+    for section, key in PATH_FIELDS:
+        resolved[section][key] = str(settings.resolve_path(resolved[section][key]))
+    return resolved
