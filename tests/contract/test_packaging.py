@@ -30,7 +30,7 @@ def pyproject(directory: Path) -> dict[str, Any]:
 
 
 ROOT_PROJECT = pyproject(ROOT)
-PACKAGE_DIRS: dict[str, str] = ROOT_PROJECT["tool"]["setuptools"]["package-dir"]
+SOURCE_ROOTS: list[str] = ROOT_PROJECT["tool"]["setuptools"]["packages"]["find"]["where"]
 
 
 def tool_package(tool_dir: Path) -> str:
@@ -82,21 +82,14 @@ def test_every_script_target_imports_and_is_callable(script: str) -> None:
     assert callable(module.cli), f"{module_name} needs cli(argv) -> int for in-process tests"
 
 
-def test_every_package_dir_entry_exists_and_is_listed() -> None:
-    for package, directory in PACKAGE_DIRS.items():
-        assert (ROOT / directory / "__init__.py").is_file(), f"{package} -> {directory} has no __init__.py"
-        assert Path(directory).name == package
-    assert sorted(ROOT_PROJECT["tool"]["setuptools"]["packages"]) == sorted(PACKAGE_DIRS)
-    expected = {"omni3_shared": "shared/src/omni3_shared"} | {
-        package: (tool_dir / "src" / package).relative_to(ROOT).as_posix()
-        for package, tool_dir in TOOL_PACKAGES.items()
-    }
-    assert expected == PACKAGE_DIRS
+def test_the_workspace_finds_every_package_s_source() -> None:
+    expected = ["shared/src", *((tool_dir / "src").relative_to(ROOT).as_posix() for tool_dir in TOOL_DIRS)]
+    assert sorted(SOURCE_ROOTS) == sorted(expected)
 
 
 def test_first_party_packages_known_to_isort() -> None:
     known = set(ROOT_PROJECT["tool"]["ruff"]["lint"]["isort"]["known-first-party"])
-    assert known == set(PACKAGE_DIRS)
+    assert known == {"omni3_shared", *TOOL_PACKAGES}
 
 
 @pytest.mark.parametrize("tool_dir", TOOL_DIRS, ids=lambda path: path.name)

@@ -50,6 +50,7 @@ class Plan:
     inputs: list[dict[str, Any]] = field(default_factory=list)
     outputs: list[dict[str, Any]] = field(default_factory=list)
     not_checked: list[str] = field(default_factory=list)
+    sections: dict[str, Any] = field(default_factory=dict)  # a tool's own findings, printed after the outputs
     problems: list[Omni3Error] = field(default_factory=list)
     input_refs: list[InputRef] = field(default_factory=list)
     input_manifests: dict[str, Manifest | None] = field(default_factory=dict)
@@ -64,6 +65,8 @@ class Plan:
             document["config"] = self.config
         document["inputs"] = self.inputs
         document["outputs"] = self.outputs
+        for name, section in self.sections.items():
+            document.setdefault(name, section)
         if self.not_checked:
             document["not_checked"] = self.not_checked
         if self.problems:

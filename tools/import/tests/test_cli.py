@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ import yaml
 
 from omni3_import.cli import cli
 from omni3_import.settings import ImportSettings
+from omni3_import.tiny_model.spec import TinyOmniSpec
 from omni3_shared.manifest import MANIFEST_FILE, ArtifactKind, tool_info
 from omni3_shared.publish import publish_artifact
 
@@ -23,16 +26,27 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
 
 
+# An Omni config without auto_map: loading it needs no code from the checkpoint.
+OMNI_CONFIG = json.dumps({k: v for k, v in TinyOmniSpec().config("x.Config").items() if k != "auto_map"})
+
+
+def safetensors_bytes() -> bytes:
+    """A valid one-tensor safetensors file (a float32 scalar), written by hand to keep the tests light."""
+    header = json.dumps({"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
+    return struct.pack("<Q", len(header)) + header + b"\x00" * 4
+
+
 def make_artifact(path: Path, kind: ArtifactKind) -> Path:
     with publish_artifact(path, kind=kind, tool=tool_info("omni3-test", "0.0"), config={}, inputs=[]) as staging:
-        (staging.path / "config.json").write_text("{}")
-        (staging.path / "model.safetensors").write_bytes(b"\x00" * 32)
+        (staging.path / "config.json").write_text(OMNI_CONFIG)
+        (staging.path / "model.safetensors").write_bytes(safetensors_bytes())
     return path
 
 
 def make_plain_hf_dir(path: Path) -> Path:
     path.mkdir(parents=True)
-    (path / "config.json").write_text("{}")
+    (path / "config.json").write_text(OMNI_CONFIG)
+    (path / "model.safetensors").write_bytes(safetensors_bytes())
     return path
 
 
@@ -88,7 +102,7 @@ def test_missing_input_is_exit_3(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 @pytest.mark.parametrize("external", [False, True], ids=["hf-checkpoint-artifact", "plain-hf-directory"])
-def test_valid_input_is_not_available_yet_and_writes_nothing(
+def test_valid_input_without_the_gpu_stack_is_exit_2_and_writes_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], external: bool
 ) -> None:
     if external:
@@ -96,7 +110,7 @@ def test_valid_input_is_not_available_yet_and_writes_nothing(
     else:
         make_artifact(tmp_path / "hf", ArtifactKind.HF_CHECKPOINT)
     assert cli(["--hf-model", "hf", "--megatron-path", "ckpt/omni", "--tensor-parallel-size", "2"]) == 2
-    assert "HF -> Megatron import is not available in this version" in capsys.readouterr().err
+    assert "HF -> Megatron import outside the GPU image is not available" in capsys.readouterr().err
     assert nothing_written(tmp_path / "ckpt" / "omni")
 
 

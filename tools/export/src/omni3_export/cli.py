@@ -7,12 +7,13 @@ Usage:
 
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from omni3_export.settings import ExportSettings
 from omni3_shared.cli import ToolCommands, run_cli
-from omni3_shared.errors import NotAvailableYet
+from omni3_shared.errors import NotAvailableYet, UsageError
 from omni3_shared.manifest import ArtifactKind
-from omni3_shared.plan import InputSpec, OutputSpec, hf_checkpoint_input, preflight
+from omni3_shared.plan import InputSpec, OutputSpec, Plan, hf_checkpoint_input, preflight
 from omni3_shared.settings import load_settings
 
 TOOL = "omni3-export"
@@ -75,7 +76,30 @@ class ExportCommands(ToolCommands):
             print(plan.render(), end="")
             return
         plan.raise_first_problem()
-        raise NotAvailableYet("Megatron -> HF export", "the model lifecycle issue (#4)")
+        try:
+            import megatron.bridge  # noqa: F401 (only present in the GPU image)
+
+            from omni3_export.core import run_export
+        except ImportError:
+            raise NotAvailableYet("Megatron -> HF export outside the GPU image", "the omni3-export GPU image") from None
+        reference = reference_hf_model(settings, plan)
+        megatron_dir = settings.resolve_path(settings.megatron_path)
+        output = run_export(settings, megatron_dir, reference, plan.input_refs, force)
+        print(f"omni3-export: wrote {output}")
+
+
+def reference_hf_model(settings: ExportSettings, plan: Plan) -> Path:
+    """The HF checkpoint whose config, tokenizer and processor files go with the export."""
+    if settings.hf_model:
+        return settings.resolve_path(settings.hf_model)
+    manifest = plan.input_manifests.get("megatron_checkpoint")
+    recorded = manifest.config.get("hf_model") if manifest is not None else None
+    if not recorded:
+        raise UsageError(
+            "the Megatron checkpoint records no HF model to take config and tokenizer from",
+            fix="pass --hf-model with the HF checkpoint it was imported from",
+        )
+    return Path(recorded)
 
 
 def cli(argv: Sequence[str] | None = None) -> int:

@@ -5,14 +5,19 @@ Usage:
   omni3-import settings
 """
 
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+from omni3_import.builtin import cached_builtin, is_builtin, resolve_hf_model
+from omni3_import.checks import check_hf_checkpoint, check_layout, check_remote_code
 from omni3_import.settings import ImportSettings
 from omni3_shared.cli import ToolCommands, run_cli
-from omni3_shared.errors import NotAvailableYet
+from omni3_shared.errors import NotAvailableYet, Omni3Error
 from omni3_shared.manifest import ArtifactKind
-from omni3_shared.plan import OutputSpec, hf_checkpoint_input, preflight
+from omni3_shared.plan import OutputSpec, Plan, hf_checkpoint_input, preflight
+from omni3_shared.publish import ensure_free_space
 from omni3_shared.settings import load_settings
 
 TOOL = "omni3-import"
@@ -66,11 +71,19 @@ class ImportCommands(ToolCommands):
             verify=verify,
         )
         settings = load_settings(ImportSettings, flags, settings_file)
+        builtin = is_builtin(settings.hf_model)
+        if builtin and not dry_run:
+            hf_path = resolve_hf_model(settings.hf_model)  # generated once into the cache, offline
+        elif builtin:
+            hf_path = cached_builtin(settings.hf_model) or Path(settings.hf_model)
+        else:
+            hf_path = settings.resolve_path(settings.hf_model)
         plan = preflight(
             TOOL,
             "run",
             settings,
-            inputs=[hf_checkpoint_input(settings.resolve_path(settings.hf_model))],
+            # A built-in model not generated yet has nothing to check; check_model says so in the plan.
+            inputs=[] if builtin and not hf_path.is_dir() else [hf_checkpoint_input(hf_path)],
             outputs=[
                 OutputSpec(
                     "megatron_checkpoint",
@@ -81,11 +94,54 @@ class ImportCommands(ToolCommands):
             force=force,
             not_checked=["Megatron-Bridge conversion and logit verification run only on a GPU machine"],
         )
+        check_model(plan, settings, hf_path, builtin)
         if dry_run:
             print(plan.render(), end="")
             return
         plan.raise_first_problem()
-        raise NotAvailableYet("HF -> Megatron import", "the model lifecycle issue (#4)")
+        try:
+            import megatron.bridge  # noqa: F401 (only present in the GPU image)
+
+            from omni3_import.core import run_import
+        except ImportError:
+            raise NotAvailableYet("HF -> Megatron import outside the GPU image", "the omni3-import GPU image") from None
+        # The built-in model's code is this project's own; any other checkpoint's only runs when opted in.
+        output = run_import(settings, hf_path, plan.input_refs, builtin or settings.trust_remote_code, force)
+        print(f"omni3-import: wrote {output}")
+
+
+def check_model(plan: Plan, settings: ImportSettings, hf_path: Path, builtin: bool) -> None:
+    """Checkpoint, remote code, layout and disk checks; each problem is added to the plan, not raised."""
+    if builtin and not hf_path.is_dir():
+        plan.not_checked.append("the built-in tiny model is generated on the first real run (about 1.3 GB)")
+        return
+    if plan.problems and any(entry["status"].startswith("not ready") for entry in plan.inputs):
+        return  # the input itself is missing or damaged; preflight has said so
+    try:
+        facts = check_hf_checkpoint(hf_path)
+    except Omni3Error as exc:
+        plan.problems.append(exc)
+        return
+    plan.sections["hf_checkpoint"] = facts.summary() | {"builtin": settings.hf_model if builtin else None}
+    # Under torchrun the processes must fit the layout; a plain start is checked against the layout alone.
+    world_size = int(os.environ.get("WORLD_SIZE", settings.tensor_parallel_size * settings.expert_parallel_size))
+    # The built-in model's code is this project's own, so it needs no opt-in.
+    checks = [
+        lambda: None if builtin else check_remote_code(facts, settings.trust_remote_code),
+        lambda: check_layout(
+            facts.config["llm_config"], settings.tensor_parallel_size, settings.expert_parallel_size, world_size
+        ),
+        # A Megatron checkpoint holds about the bf16 weights again (twice that in float32), plus headroom.
+        lambda: ensure_free_space(
+            settings.resolve_path(settings.megatron_path).parent,
+            int(facts.weight_bytes * (2.4 if settings.dtype == "float32" else 1.2)),
+        ),
+    ]
+    for check in checks:
+        try:
+            check()
+        except Omni3Error as exc:
+            plan.problems.append(exc)
 
 
 def cli(argv: Sequence[str] | None = None) -> int:

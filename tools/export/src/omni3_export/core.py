@@ -1,0 +1,96 @@
+"""The GPU work of omni3-export: Megatron checkpoint -> HF checkpoint through Megatron-Bridge's AutoBridge.
+
+The calls are those ``tests/gpu/lifecycle_driver.py`` proved at TP1 and TP2 on H100s (2026-11-26):
+load_megatron_model (with the layout of this run as mp_overrides, so a checkpoint saved at TP2 or EP2 loads
+here at another layout) -> save_hf_pretrained(strict=False). Tensors the bridge does not produce but the
+reference HF checkpoint has (regenerated from config by a loader) are listed in the manifest instead of
+failing the run, unless --strict. This module itself has not run on a GPU yet (the cross-layout load neither).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from omni3_export import __version__
+from omni3_export.settings import ExportSettings
+from omni3_shared.errors import ToolFailure
+from omni3_shared.manifest import ArtifactKind, InputRef, tool_info
+from omni3_shared.publish import publish_artifact, staging_path
+
+TOOL = "omni3-export"
+PACKAGES = ("megatron-bridge", "megatron-core", "transformer-engine", "transformers", "torch")
+
+
+def _tensor_names(directory: Path) -> set[str]:
+    from safetensors import safe_open
+
+    names: set[str] = set()
+    for shard in directory.glob("*.safetensors"):
+        with safe_open(str(shard), framework="pt") as handle:
+            names.update(handle.keys())
+    return names
+
+
+def account_tensors(reference: Path, exported: Path) -> dict[str, Any]:
+    """Every tensor of the reference checkpoint is either exported or listed as regenerated from config."""
+    source, result = _tensor_names(reference), _tensor_names(exported)
+    return {
+        "reference_tensors": len(source),
+        "exported_tensors": len(result),
+        "regenerated_from_config": sorted(source - result),
+        "not_in_reference": sorted(result - source),
+    }
+
+
+def _distributed() -> None:
+    import torch
+    import torch.distributed as dist
+
+    if not torch.cuda.is_available():
+        raise ToolFailure("omni3-export needs a CUDA GPU", fix="run it in the GPU image on a GPU machine")
+    for name, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29541"), ("RANK", "0"), ("WORLD_SIZE", "1")):
+        os.environ.setdefault(name, value)
+    torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl")
+
+
+def run_export(
+    settings: ExportSettings, megatron_dir: Path, hf_model: Path, inputs: list[InputRef], force: bool
+) -> Path:
+    """Export on the processes torchrun started (TP = world size, EP 1), then publish with a manifest."""
+    import torch.distributed as dist
+    from megatron.bridge import AutoBridge
+
+    _distributed()
+    world = dist.get_world_size()
+    # The checkpoint's own code (configuration_*.py) comes with the reference that omni3-import accepted.
+    bridge = AutoBridge.from_hf_pretrained(str(hf_model), trust_remote_code=True)
+    overrides = {"tensor_model_parallel_size": world, "expert_model_parallel_size": 1,
+                 "expert_tensor_parallel_size": world, "pipeline_model_parallel_size": 1}  # fmt: skip
+    model = bridge.load_megatron_model(str(megatron_dir), mp_overrides=overrides, wrap_with_ddp=False)
+    output = settings.resolve_path(settings.hf_path).absolute()
+    config = {"megatron_path": str(megatron_dir), "hf_model": str(hf_model), **settings.model_dump(mode="json")}
+    if dist.get_rank() != 0:
+        dist.barrier()
+        bridge.save_hf_pretrained(model, str(staging_path(output)), source_path=str(hf_model), strict=False)
+        dist.barrier()
+        return output
+    with publish_artifact(
+        output, kind=ArtifactKind.HF_CHECKPOINT, tool=tool_info(TOOL, __version__, PACKAGES), config=config,
+        inputs=inputs, force=force,
+    ) as staging:  # fmt: skip
+        dist.barrier()
+        bridge.save_hf_pretrained(model, str(staging.path), source_path=str(hf_model), strict=False)
+        dist.barrier()
+        accounting = account_tensors(hf_model, staging.path)
+        if settings.strict and (accounting["regenerated_from_config"] or accounting["not_in_reference"]):
+            raise ToolFailure(
+                f"--strict: {len(accounting['regenerated_from_config'])} reference tensor(s) not exported, "
+                f"{len(accounting['not_in_reference'])} exported tensor(s) not in the reference",
+                fix="see the names with --strict false in the manifest's extra.tensors; nothing was written",
+            )
+        staging.extra.update({"tensors": accounting, "world_size": world, "verification": None})
+    return output

@@ -1,0 +1,174 @@
+"""The GPU work of omni3-import: HF Omni checkpoint -> Megatron distributed checkpoint through AutoBridge.
+
+The Megatron-Bridge calls are the ones ``tests/gpu/lifecycle_driver.py`` proved on H100s (see
+ci/records/2026-11-26-lifecycle-gpu.md): from_hf_pretrained -> provider (TP/EP, dtype, fused attention,
+no gradient-accumulation fusion) -> provide_distributed_model -> save_megatron_model. This module itself has
+not run on a GPU yet. Launch with ``torchrun --nproc-per-node N`` where N is a multiple of TP and of EP.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from omni3_import import __version__
+from omni3_import.settings import ImportSettings
+from omni3_shared.errors import ToolFailure
+from omni3_shared.manifest import ArtifactKind, InputRef, tool_info
+from omni3_shared.publish import publish_artifact, staging_path
+
+TOOL = "omni3-import"
+PACKAGES = ("megatron-bridge", "megatron-core", "transformer-engine", "transformers", "torch")
+# bf16 text logits of HF NemotronH vs the Megatron language model: mean 0.005 at logit scale 1.5 on the tiny
+# model (H100, 2026-11-26); the max is dominated by MoE routing flips near ties, so mean and argmax decide.
+MEAN_ABS_ERR_LIMIT = 0.02
+ARGMAX_AGREEMENT_MIN = 0.9
+
+
+def _distributed(tensor_parallel: int, expert_parallel: int) -> None:
+    import torch
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+
+    if not torch.cuda.is_available():
+        raise ToolFailure("omni3-import needs a CUDA GPU", fix="run it in the GPU image on a GPU machine")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29531")
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl")
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=tensor_parallel,
+        expert_model_parallel_size=expert_parallel,
+        expert_tensor_parallel_size=1 if expert_parallel > 1 else tensor_parallel,
+    )
+    model_parallel_cuda_manual_seed(0)
+
+
+def build_model(hf_path: Path, settings: ImportSettings, trust_remote_code: bool):
+    import torch
+    from megatron.bridge import AutoBridge
+    from megatron.core.transformer.enums import AttnBackend
+
+    dtype = getattr(torch, settings.dtype)
+    bridge = AutoBridge.from_hf_pretrained(str(hf_path), trust_remote_code=trust_remote_code, torch_dtype=dtype)
+    provider = bridge.to_megatron_provider(load_weights=True)
+    provider.tensor_model_parallel_size = settings.tensor_parallel_size
+    provider.expert_model_parallel_size = settings.expert_parallel_size
+    provider.expert_tensor_parallel_size = 1 if settings.expert_parallel_size > 1 else settings.tensor_parallel_size
+    provider.pipeline_model_parallel_size = 1
+    provider.params_dtype = dtype
+    provider.bf16 = settings.dtype == "bfloat16"
+    provider.fp16 = settings.dtype == "float16"
+    provider.gradient_accumulation_fusion = False  # needs APEX, absent outside the NeMo image
+    provider.attention_backend = AttnBackend.fused  # cuDNN attention; flash-attn is not everywhere
+    provider.finalize()
+    model = provider.provide_distributed_model(wrap_with_ddp=False)
+    for chunk in model:
+        chunk.eval()
+    return bridge, model
+
+
+def verify_text_logits(hf_path: Path, model: list, trust_remote_code: bool) -> dict[str, Any]:
+    """HF NemotronH (the checkpoint's language_model.* tensors) vs the Megatron language model, 2x128 tokens."""
+    import torch
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
+    from safetensors import safe_open
+    from transformers import AutoConfig, NemotronHForCausalLM
+
+    config = AutoConfig.from_pretrained(str(hf_path), trust_remote_code=trust_remote_code, local_files_only=True)
+    hf = NemotronHForCausalLM(config.llm_config)
+    state: dict[str, torch.Tensor] = {}
+    for shard in sorted(hf_path.glob("*.safetensors")):
+        with safe_open(str(shard), framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
+                if key.startswith("language_model."):
+                    state[key.removeprefix("language_model.")] = handle.get_tensor(key)
+    expected = hf.state_dict()
+    if any(key.startswith("model.") for key in expected):  # transformers >= 5.17 names the trunk "model"
+        state = {
+            "model." + k.removeprefix("backbone.") if k.startswith("backbone.") else k: v for k, v in state.items()
+        }
+    for fused in [key for key in expected if key.endswith(("mixer.experts.up_proj", "mixer.experts.down_proj"))]:
+        base, name = fused.rsplit(".", 1)  # transformers >= 5.17 keeps a layer's experts in one tensor
+        state[fused] = torch.stack([state.pop(f"{base}.{e}.{name}.weight") for e in range(expected[fused].shape[0])])
+    hf.load_state_dict(state, strict=True)
+    hf = hf.to(device="cuda", dtype=torch.bfloat16).eval()
+    generator = torch.Generator().manual_seed(1234)
+    ids = torch.randint(32, config.llm_config.vocab_size, (2, 128), generator=generator).cuda()
+    positions = torch.arange(ids.shape[1], device="cuda").unsqueeze(0).expand(ids.shape[0], -1)
+    inner = model[0]
+    while hasattr(inner, "module"):
+        inner = inner.module
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        reference = hf(ids).logits.float()
+        result = inner.llava_model.language_model(ids, positions, None)
+    if parallel_state.get_tensor_model_parallel_world_size() > 1:
+        result = gather_from_tensor_model_parallel_region(result)
+    if result.shape[0] != ids.shape[0]:
+        result = result.transpose(0, 1)
+    result = result[..., : reference.shape[-1]].float()
+    diff = (reference - result).abs()
+    return {
+        "batch": "text, 2x128 random token ids (seed 1234)",
+        "max_abs_err": diff.max().item(),
+        "mean_abs_err": diff.mean().item(),
+        "logit_scale": reference.abs().max().item(),
+        "argmax_agreement": (reference.argmax(-1) == result.argmax(-1)).float().mean().item(),
+    }
+
+
+def run_import(
+    settings: ImportSettings, hf_path: Path, inputs: list[InputRef], trust_remote_code: bool, force: bool
+) -> Path:
+    """Convert, verify (before anything is written), then publish the Megatron checkpoint with its manifest."""
+    import torch.distributed as dist
+
+    _distributed(settings.tensor_parallel_size, settings.expert_parallel_size)
+    bridge, model = build_model(hf_path, settings, trust_remote_code)
+    verification = None
+    if settings.verify:
+        verification = verify_text_logits(hf_path, model, trust_remote_code)
+        failed = (
+            verification["mean_abs_err"] > MEAN_ABS_ERR_LIMIT or verification["argmax_agreement"] < ARGMAX_AGREEMENT_MIN
+        )
+        verification["passed"] = not failed
+        if failed:
+            raise ToolFailure(
+                f"verification failed: HF vs Megatron logits mean error {verification['mean_abs_err']:.4f} "
+                f"(limit {MEAN_ABS_ERR_LIMIT}), argmax agreement {verification['argmax_agreement']:.3f}",
+                fix="check the checkpoint and the transformers version; nothing was written",
+            )
+    output = settings.resolve_path(settings.megatron_path).absolute()
+    config = {"hf_model": str(hf_path), **settings.model_dump(mode="json")}
+    if dist.get_rank() != 0:
+        dist.barrier()  # rank 0 has created the staging directory
+        bridge.save_megatron_model(model, str(staging_path(output)), hf_tokenizer_path=str(hf_path))
+        dist.barrier()
+        return output
+    with publish_artifact(
+        output,
+        kind=ArtifactKind.MEGATRON_CHECKPOINT,
+        tool=tool_info(TOOL, __version__, PACKAGES),
+        config=config,
+        inputs=inputs,
+        force=force,
+    ) as staging:
+        dist.barrier()
+        bridge.save_megatron_model(model, str(staging.path), hf_tokenizer_path=str(hf_path))
+        dist.barrier()
+        staging.extra.update(
+            {
+                "tensor_parallel_size": settings.tensor_parallel_size,
+                "expert_parallel_size": settings.expert_parallel_size,
+                "world_size": dist.get_world_size(),
+                "dtype": settings.dtype,
+                "verification": verification,
+            }
+        )
+    return output
