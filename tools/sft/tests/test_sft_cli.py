@@ -11,7 +11,8 @@ import yaml
 from omni3_sft.cli import cli
 from omni3_sft.settings import SftSettings
 from omni3_sft.stage_config import VARIANTS
-from omni3_shared.manifest import MANIFEST_FILE, ArtifactKind
+from omni3_shared.manifest import MANIFEST_FILE, ArtifactKind, tool_info
+from omni3_shared.publish import publish_artifact
 
 MakeArtifact = Callable[..., Path]
 
@@ -26,12 +27,11 @@ def nothing_written(output: Path) -> bool:
 
 
 @pytest.fixture
-def tiny_inputs(tmp_path: Path, make_artifact: MakeArtifact) -> Path:
+def tiny_inputs(tmp_path: Path, make_artifact: MakeArtifact, make_dataset, write_hf_config) -> Path:
     """What the tiny variant reads, where its settings block points (relative to the working directory)."""
-    make_artifact(tmp_path / "datasets" / "synth_receipts", ArtifactKind.DATASET)
+    make_dataset(tmp_path / "datasets" / "synth_receipts")
     make_artifact(tmp_path / "checkpoints" / "tiny_omni", ArtifactKind.MEGATRON_CHECKPOINT)
-    (tmp_path / "models" / "tiny_omni_hf").mkdir(parents=True)
-    (tmp_path / "models" / "tiny_omni_hf" / "config.json").write_text("{}")
+    write_hf_config(tmp_path / "models" / "tiny_omni_hf")
     return tmp_path
 
 
@@ -253,3 +253,164 @@ def test_complete_run_dir_without_force_is_exit_2(
     assert cli(["--config", "tiny", "--force"]) == 2
     assert "training is not available" in capsys.readouterr().err
     assert (existing / MANIFEST_FILE).read_bytes() == before
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Preflight against the model and the GPUs, and the Megatron-Bridge plan, in the dry run and the real run
+
+
+def test_dry_run_prints_the_checks_and_the_megatron_bridge_plan(
+    tiny_inputs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plan = dry_run(capsys, "--config", "tiny")
+    assert plan["world_size"]["status"].startswith("world size unknown on this machine")
+    assert plan["layout"] == "ok"
+    assert plan["model"]["source"] == str(tiny_inputs / "models" / "tiny_omni_hf" / "config.json")
+    assert plan["model"]["llm_layers"] == {"mamba": 2, "attention": 1, "moe": 2, "mlp": 1}
+    assert plan["memory"]["per_gpu_gb"] < plan["memory"]["card_gb"]
+    assert plan["memory"]["trains"].startswith("vision_projection, sound_projection")
+    assert plan["resume"]["status"].startswith("no complete checkpoint")
+    bridge = plan["megatron_bridge"]
+    assert bridge["patch"].endswith(f"_DEFAULT_HF_PATH = {tiny_inputs / 'models' / 'tiny_omni_hf'}")
+    assert bridge["set"]["model.tensor_model_parallel_size"] == 1
+    assert bridge["set"]["checkpoint.save"] == str(tiny_inputs / "runs" / ".tiny.partial" / "checkpoints")
+    assert bridge["set"]["dataset"]["build"].endswith(":EnergonDatasetConfig")
+    assert bridge["runtime"]["dataset_form"] == "energon"
+    assert "problems" not in plan
+
+
+def test_world_size_from_nproc_and_torchrun(
+    tiny_inputs: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert dry_run(capsys, "--config", "tiny", "--nproc", "1")["world_size"]["status"] == "ok"
+    plan = dry_run(capsys, "--config", "tiny", "--nproc", "2")
+    assert plan["world_size"]["status"].startswith("not ok: global batch 1 does not divide")
+    assert plan["verdict"].startswith("1 problem(s)")
+    assert plan["problems"][0].startswith("global batch 1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert cli(["--config", "tiny"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "data-parallel size 2" in err
+    assert cli(["--config", "tiny", "--nproc", "4"]) == 2
+    assert "--nproc 4 but torchrun started 2" in capsys.readouterr().err
+    assert cli(["--config", "tiny", "train.global_batch_size=2"]) == 2
+    assert "training is not available" in capsys.readouterr().err
+
+
+def test_a_bad_layout_stops_before_the_inputs_are_looked_at(
+    tmp_path: Path, make_artifact: MakeArtifact, write_hf_config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_hf_config(tmp_path / "models" / "tiny_omni_hf")  # no dataset, no checkpoint: those would be exit 3
+    assert cli(["--config", "tiny", "model.tensor_model_parallel_size=3"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "4 attention heads do not divide by TP 3" in err and "Fix: set model.tensor_model_parallel_size" in err
+    assert cli(["--config", "tiny", "model.expert_model_parallel_size=3"]) == 2
+    assert "4 experts do not divide by EP 3" in capsys.readouterr().err
+
+
+def test_checkpoint_code_runs_only_when_trusted(tiny_inputs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli(["--config", "tiny", "--trust-remote-code=false"]) == 2
+    err = capsys.readouterr().err
+    assert "ships Python code" in err and "--trust-remote-code" in err
+
+
+def test_memory_warning_before_the_run(tiny_inputs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plan = dry_run(capsys, "--config", "tiny", "--gpu-memory-gb", "1")
+    assert plan["warnings"][0].startswith("estimated 4 GB per GPU exceeds the 1 GB card")
+    assert plan["verdict"] == "ready: every check passed"  # a warning does not stop the run
+    assert cli(["--config", "tiny", "--gpu-memory-gb", "1"]) == 2  # still: training is not available yet
+    err = capsys.readouterr().err
+    assert "WARNING estimated 4 GB per GPU exceeds the 1 GB card" in err
+    assert cli(["--config", "tiny", "--gpu-memory-gb", "0"]) == 2
+    assert "gpu_memory_gb" in capsys.readouterr().err
+
+
+def test_unreadable_model_config_is_exit_3(tiny_inputs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tiny_inputs / "models" / "tiny_omni_hf" / "config.json").write_text("{}")
+    assert cli(["--config", "tiny"]) == 3
+    assert "has no llm_config" in capsys.readouterr().err
+    plan = dry_run(capsys, "--config", "tiny")
+    assert any("layout, world size and memory" in line for line in plan["not_checked"])
+
+
+def complete_iteration(save_dir: Path, iteration: int, model: dict, tracker: int | None = None) -> None:
+    """An iteration as Megatron-Bridge leaves it after a finished save."""
+    path = save_dir / f"iter_{iteration:07d}"
+    path.mkdir(parents=True)
+    (path / "__0_0.distcp").write_bytes(b"\x00" * 8)
+    (path / ".metadata").write_bytes(b"\x00" * 8)
+    (path / "metadata.json").write_text('{"sharded_backend": "torch_dist"}')
+    (path / "train_state.pt").write_bytes(b"\x01" * 8)
+    (path / "run_config.yaml").write_text(yaml.safe_dump({"model": model}))
+    (save_dir / "latest_checkpointed_iteration.txt").write_text(str(tracker or iteration))
+
+
+def test_checkpoint_of_another_model_is_exit_3(
+    tmp_path: Path, make_dataset, write_hf_config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_dataset(tmp_path / "datasets" / "synth_receipts")
+    write_hf_config(tmp_path / "models" / "tiny_omni_hf")
+    source = tmp_path / "import-staging"
+    complete_iteration(source, 1, {"hidden_size": 2688, "num_moe_experts": 128})
+    with publish_artifact(
+        tmp_path / "checkpoints" / "tiny_omni",
+        kind=ArtifactKind.MEGATRON_CHECKPOINT,
+        tool=tool_info("omni3-import", "0"),
+        config={},
+        inputs=[],
+    ) as staging:
+        for path in source.rglob("*"):
+            if path.is_file():
+                target = staging.path / path.relative_to(source)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(path.read_bytes())
+    assert cli(["--config", "tiny"]) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "was saved from another model: hidden_size 2688" in err
+
+
+def test_resume_point_shows_in_the_dry_run(tiny_inputs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    save_dir = tiny_inputs / "runs" / ".tiny.partial" / "checkpoints"
+    model = {"hidden_size": 256}
+    complete_iteration(save_dir, 5, model)
+    plan = dry_run(capsys, "--config", "tiny")
+    assert plan["resume"]["status"] == "resumes from iteration 5"
+    assert "checkpoint.ckpt_step" not in plan["megatron_bridge"]["set"]
+    (save_dir / "iter_0000010").mkdir()  # a save killed before its metadata, the tracker already moved on
+    (save_dir / "latest_checkpointed_iteration.txt").write_text("10")
+    plan = dry_run(capsys, "--config", "tiny")
+    assert plan["resume"]["status"].startswith("resumes from iteration 5 (the tracker says 10")
+    assert plan["resume"]["incomplete_never_loaded"][0].startswith("iter_0000010 (missing .metadata")
+    assert plan["megatron_bridge"]["set"]["checkpoint.ckpt_step"] == 5
+
+
+def test_audio_filter_on_a_dataset_without_audio_is_exit_3(
+    tmp_path: Path, make_dataset, make_artifact: MakeArtifact, write_hf_config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_dataset(tmp_path / "datasets" / "valor32k" / "energon")  # image samples only
+    make_artifact(tmp_path / "checkpoints" / "nemotron_omni", ArtifactKind.MEGATRON_CHECKPOINT)
+    write_hf_config(tmp_path / "hf")
+    argv = ["--config", "audio_text", "--hf-model", "hf", "--trust-remote-code", "--nproc", "4"]
+    assert cli(argv) == 3
+    assert "has no audio samples" in capsys.readouterr().err
+    make_dataset(tmp_path / "datasets" / "with_audio", audio=3)
+    assert cli([*argv, "--valor32k-energon-path", "datasets/with_audio"]) == 2
+    assert "training is not available" in capsys.readouterr().err
+
+
+def test_default_variant_is_checked_with_the_published_shape(capsys: pytest.CaptureFixture[str]) -> None:
+    plan = dry_run(capsys, "--nproc", "8")
+    assert plan["model"]["source"].startswith("published Nemotron 3 Nano Omni shape")
+    assert plan["world_size"]["status"] == "ok"
+    assert plan["memory"]["assumes"] == "8 GPU(s), TP 4 x PP 1 x CP 1, EP 8 x ETP 1"
+    assert "megatron_bridge" not in plan
+    assert any("field assignments" in line for line in plan["not_checked"])
+
+
+def test_hub_model_is_passed_to_the_recipe_without_the_scheme(
+    tiny_inputs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plan = dry_run(capsys, "--config", "tiny", "--hf-model", "hf://nvidia/some-omni")
+    assert plan["megatron_bridge"]["patch"].endswith("_DEFAULT_HF_PATH = nvidia/some-omni")
+    assert plan["model"]["source"].startswith("published")

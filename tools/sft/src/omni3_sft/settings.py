@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import Field
+
 from omni3_shared.settings import ToolSettings
 
 HUB_MODEL_ID = "nvidia/Nemotron-3-Nano-Omni-30B-A3B-Reasoning-BF16"
@@ -37,3 +39,9 @@ class SftSettings(ToolSettings):
 
     trust_remote_code: bool = False
     """Run Python code shipped inside the HF checkpoint (configuration_*.py). Off unless you trust the source."""
+
+    nproc: int | None = Field(default=None, gt=0)
+    """GPUs the run will have, for the checks before launch; unset: torchrun's WORLD_SIZE, else the Slurm job's."""
+
+    gpu_memory_gb: float = Field(default=80.0, gt=0)
+    """Memory of one GPU in GB: a per-GPU memory estimate above it prints a warning before the run."""

@@ -36,6 +36,9 @@ class Section(BaseModel):
 class DatasetSection(Section):
     path: str
     modality_filter: Literal["image", "audio", "video"] | None = None
+    # How the run reads the dataset artifact: its Energon shards, or the CORD-style parquet omni3-prep hf
+    # writes under hf/ (Megatron-Bridge's Direct-HF path). auto: parquet for CORD recipes when present.
+    format: Literal["auto", "energon", "hf"] = "auto"
 
 
 class ModelSection(Section):
