@@ -144,14 +144,22 @@ def switch_value(flag: str, value: str) -> bool:
     raise UsageError(f"--{flag} takes true or false, not '{value}'", fix=f"write --{flag} or --{flag}=false")
 
 
+class _CurrentStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at emit time, so a caller that swaps it (pytest) is followed."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def setup_logging(name: str, debug: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO,
-        format=f"{name} %(asctime)s %(levelname)s %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-        force=True,
-    )
+    handler = _CurrentStderrHandler()
+    handler.setFormatter(logging.Formatter(f"{name} %(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"))
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, handlers=[handler], force=True)
 
 
 class ToolCommands:
