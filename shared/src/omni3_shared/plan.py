@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from omni3_shared.errors import InvalidInputError, Omni3Error
+from omni3_shared.errors import InvalidInputError, Omni3Error, UsageError
 from omni3_shared.manifest import ArtifactKind, InputRef, Manifest, describe_input
 from omni3_shared.publish import check_output
 from omni3_shared.settings import ToolSettings
@@ -25,6 +25,17 @@ class InputSpec:
     path: Path
     kinds: tuple[ArtifactKind, ...] = ()
     allow_external: bool = False  # accept a plain directory without an omni3 manifest (e.g. an HF checkpoint)
+
+
+def require_megatron_bridge(capability: str, tool: str) -> None:
+    """Stop with exit 2 where Megatron-Bridge (and so CUDA and Transformer Engine) cannot be imported."""
+    try:
+        import megatron.bridge  # noqa: F401 (present in the NeMo-based GPU images)
+    except ImportError:
+        raise UsageError(
+            f"{capability} needs Megatron-Bridge, which this environment lacks",
+            fix=f"run it in the {tool} GPU image (NeMo base) or install the tool's [gpu] extra on a CUDA machine",
+        ) from None
 
 
 def hf_checkpoint_input(path: Path, role: str = "hf_model") -> InputSpec:
@@ -58,6 +69,14 @@ class Plan:
     def raise_first_problem(self) -> None:
         if self.problems:
             raise self.problems[0]
+
+    def stop_here(self, dry_run: bool) -> bool:
+        """A dry run prints the plan and stops; a real run stops only by raising its first problem."""
+        if dry_run:
+            print(self.render(), end="")
+            return True
+        self.raise_first_problem()
+        return False
 
     def render(self) -> str:
         document: dict[str, Any] = {"dry_run": f"{self.tool} {self.action}", "settings": self.settings}

@@ -1,8 +1,11 @@
-"""The one skip hook for omni3's test markers, loaded by pytest through the workspace's pytest11 entry point.
+"""omni3's pytest plugin, loaded through the workspace's pytest11 entry point: marker skips and fixtures.
 
 - ``gpu``: skipped unless torch sees CUDA (the lent GPU machines run them through ci/gpu/).
 - ``container``: skipped unless a Docker engine answers; in CI (``CI`` set) a missing engine is an error,
   so a broken .ci/run cannot turn the container tests into silent skips.
+- ``omni3_isolated``: no OMNI3_*, launcher or Slurm variable of the machine leaks in; the test runs in its
+  own scratch directory (a test folder's conftest makes it autouse).
+- ``make_artifact``: publish a small artifact of a kind, through the real protocol.
 """
 
 from __future__ import annotations
@@ -11,8 +14,15 @@ import functools
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+
+from omni3_shared.manifest import ArtifactKind, tool_info
+from omni3_shared.publish import publish_artifact
+
+LAUNCHER_VARIABLES = ("WORLD_SIZE", "LOCAL_WORLD_SIZE", "RANK", "LOCAL_RANK")
 
 
 @functools.cache
@@ -40,3 +50,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             if os.environ.get("CI"):
                 raise pytest.UsageError("CI is set but no Docker engine answers `docker info`: start dockerd first")
             item.add_marker(pytest.mark.skip(reason="needs a running Docker engine"))
+
+
+@pytest.fixture
+def omni3_isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    for name in list(os.environ):
+        if name.startswith(("OMNI3_", "SLURM_")) or name in LAUNCHER_VARIABLES:
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def make_artifact() -> Callable[..., Path]:
+    """``make(path, kind, files=None, **publish_options)``: files maps relative names to bytes."""
+
+    def make(path: Path, kind: ArtifactKind, files: dict[str, bytes] | None = None, **options: object) -> Path:
+        contents = {"weights.bin": b"\x00" * 64, "config.json": b"{}"} if files is None else files
+        tool = tool_info("omni3-test", "0.0")
+        with publish_artifact(path, kind=kind, tool=tool, config={}, inputs=[], **options) as staging:
+            for name, data in contents.items():
+                target = staging.path / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+        return path
+
+    return make

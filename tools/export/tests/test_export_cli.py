@@ -82,14 +82,14 @@ def test_incomplete_input_is_exit_3(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 @pytest.mark.parametrize("kind", [ArtifactKind.MEGATRON_CHECKPOINT, ArtifactKind.TRAINING_RUN])
-def test_valid_input_is_not_available_yet_and_writes_nothing(
+def test_valid_input_without_the_gpu_stack_is_exit_2_and_writes_nothing(
     tmp_path: Path, make_artifact: MakeArtifact, capsys: pytest.CaptureFixture[str], kind: ArtifactKind
 ) -> None:
     make_artifact(tmp_path / "ckpt", kind)
     assert cli(["--megatron-path", "ckpt", "--hf-path", "out/hf"]) == 2
     err = capsys.readouterr().err
-    assert "not available in this version" in err
-    assert "--dry-run" in err
+    assert "needs Megatron-Bridge" in err
+    assert "GPU image" in err
     assert nothing_written(tmp_path / "out" / "hf")
 
 
@@ -115,7 +115,7 @@ def test_complete_output_without_force_is_exit_2(
         assert cli(argv) == 2
         assert "a complete artifact already exists" in capsys.readouterr().err
     assert cli(["--megatron-path", "ckpt", "--hf-path", "out", "--force"]) == 2  # passes the checks, then not yet
-    assert "not available in this version" in capsys.readouterr().err
+    assert "needs Megatron-Bridge" in capsys.readouterr().err
     assert (existing / MANIFEST_FILE).read_bytes() == before
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import struct
 from pathlib import Path
 
@@ -18,12 +17,8 @@ from omni3_shared.publish import publish_artifact
 
 
 @pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No OMNI3_* variable of the machine running the tests leaks in; relative paths land in tmp_path."""
-    for name in list(os.environ):
-        if name.startswith("OMNI3_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
+def _isolated(omni3_isolated: object) -> None:
+    """No OMNI3_* or launcher variable leaks in; scratch directory (omni3_shared.pytest_plugin)."""
 
 
 # An Omni config without auto_map: loading it needs no code from the checkpoint.
@@ -110,7 +105,7 @@ def test_valid_input_without_the_gpu_stack_is_exit_2_and_writes_nothing(
     else:
         make_artifact(tmp_path / "hf", ArtifactKind.HF_CHECKPOINT)
     assert cli(["--hf-model", "hf", "--megatron-path", "ckpt/omni", "--tensor-parallel-size", "2"]) == 2
-    assert "HF -> Megatron import outside the GPU image is not available" in capsys.readouterr().err
+    assert "HF -> Megatron import needs Megatron-Bridge" in capsys.readouterr().err
     assert nothing_written(tmp_path / "ckpt" / "omni")
 
 
@@ -128,7 +123,7 @@ def test_complete_output_without_force_is_exit_2(tmp_path: Path, capsys: pytest.
     assert cli(["--hf-model", "hf", "--megatron-path", "ckpt"]) == 2
     assert "a complete artifact already exists" in capsys.readouterr().err
     assert cli(["--hf-model", "hf", "--megatron-path", "ckpt", "--force"]) == 2
-    assert "not available in this version" in capsys.readouterr().err
+    assert "needs Megatron-Bridge" in capsys.readouterr().err
     assert (existing / MANIFEST_FILE).read_bytes() == before
 
 

@@ -4,7 +4,6 @@ message with its exit code, and nothing is written."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import struct
 from collections import namedtuple
@@ -19,11 +18,8 @@ MiB = 1024 * 1024
 
 
 @pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(os.environ):
-        if name.startswith("OMNI3_") or name == "WORLD_SIZE":
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
+def _isolated(omni3_isolated: object) -> None:
+    """No OMNI3_* or launcher variable leaks in; scratch directory (omni3_shared.pytest_plugin)."""
 
 
 def shard_bytes(names: list[str], floats: int = 4) -> bytes:

@@ -65,10 +65,8 @@ class AdapterExportCommands(ToolCommands):
             force=force,
             not_checked=["adapter conversion and the peft load check run only on a GPU machine"],
         )
-        if dry_run:
-            print(plan.render(), end="")
+        if plan.stop_here(dry_run):
             return
-        plan.raise_first_problem()
         raise NotAvailableYet("LoRA -> PEFT adapter export", "the model lifecycle issue (#4)")
 
 

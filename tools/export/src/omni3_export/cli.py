@@ -11,9 +11,9 @@ from pathlib import Path
 
 from omni3_export.settings import ExportSettings
 from omni3_shared.cli import ToolCommands, run_cli
-from omni3_shared.errors import NotAvailableYet, UsageError
+from omni3_shared.errors import UsageError
 from omni3_shared.manifest import ArtifactKind
-from omni3_shared.plan import InputSpec, OutputSpec, Plan, hf_checkpoint_input, preflight
+from omni3_shared.plan import InputSpec, OutputSpec, Plan, hf_checkpoint_input, preflight, require_megatron_bridge
 from omni3_shared.settings import load_settings
 
 TOOL = "omni3-export"
@@ -72,16 +72,11 @@ class ExportCommands(ToolCommands):
             force=force,
             not_checked=["Megatron-Bridge conversion and logit verification run only on a GPU machine"],
         )
-        if dry_run:
-            print(plan.render(), end="")
+        if plan.stop_here(dry_run):
             return
-        plan.raise_first_problem()
-        try:
-            import megatron.bridge  # noqa: F401 (only present in the GPU image)
+        require_megatron_bridge("Megatron -> HF export", "omni3-export")
+        from omni3_export.core import run_export
 
-            from omni3_export.core import run_export
-        except ImportError:
-            raise NotAvailableYet("Megatron -> HF export outside the GPU image", "the omni3-export GPU image") from None
         reference = reference_hf_model(settings, plan)
         megatron_dir = settings.resolve_path(settings.megatron_path)
         output = run_export(settings, megatron_dir, reference, plan.input_refs, force)

@@ -14,9 +14,9 @@ from omni3_import.builtin import cached_builtin, is_builtin, resolve_hf_model
 from omni3_import.checks import check_hf_checkpoint, check_layout, check_remote_code
 from omni3_import.settings import ImportSettings
 from omni3_shared.cli import ToolCommands, run_cli
-from omni3_shared.errors import NotAvailableYet, Omni3Error
+from omni3_shared.errors import Omni3Error
 from omni3_shared.manifest import ArtifactKind
-from omni3_shared.plan import OutputSpec, Plan, hf_checkpoint_input, preflight
+from omni3_shared.plan import OutputSpec, Plan, hf_checkpoint_input, preflight, require_megatron_bridge
 from omni3_shared.publish import ensure_free_space
 from omni3_shared.settings import load_settings
 
@@ -95,16 +95,11 @@ class ImportCommands(ToolCommands):
             not_checked=["Megatron-Bridge conversion and logit verification run only on a GPU machine"],
         )
         check_model(plan, settings, hf_path, builtin)
-        if dry_run:
-            print(plan.render(), end="")
+        if plan.stop_here(dry_run):
             return
-        plan.raise_first_problem()
-        try:
-            import megatron.bridge  # noqa: F401 (only present in the GPU image)
+        require_megatron_bridge("HF -> Megatron import", "omni3-import")
+        from omni3_import.core import run_import
 
-            from omni3_import.core import run_import
-        except ImportError:
-            raise NotAvailableYet("HF -> Megatron import outside the GPU image", "the omni3-import GPU image") from None
         # The built-in model's code is this project's own; any other checkpoint's only runs when opted in.
         output = run_import(settings, hf_path, plan.input_refs, builtin or settings.trust_remote_code, force)
         print(f"omni3-import: wrote {output}")

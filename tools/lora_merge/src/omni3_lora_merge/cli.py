@@ -77,10 +77,8 @@ class LoraMergeCommands(ToolCommands):
             force=force,
             not_checked=["the merge and its logit verification run only on a GPU machine"],
         )
-        if dry_run:
-            print(plan.render(), end="")
+        if plan.stop_here(dry_run):
             return
-        plan.raise_first_problem()
         raise NotAvailableYet("LoRA merge", "the model lifecycle issue (#4)")
 
 

@@ -99,10 +99,8 @@ class SftCommands(ToolCommands):
         if world.size is None and not dry_run:
             world = preflight.WorldSize(1, "a single process (no torchrun, --nproc or Slurm allocation)")
         plan = check_run(settings, resolved, world, force, {"variant": str(path), "overrides": list(overrides)})
-        if dry_run:
-            print(plan.render(), end="")
+        if plan.stop_here(dry_run):
             return
-        plan.raise_first_problem()
         for warning in plan.sections.get("warnings", []):
             logging.getLogger(TOOL).warning(warning)
         raise NotAvailableYet("training", "the SFT issue (#5)")
