@@ -1,8 +1,8 @@
 """Print the third-party requirements of one or more pyproject.toml files, one per line.
 
 Used in two places so both agree on what a tool image needs:
-- the tool Dockerfiles install these before copying any source, so the dependency layer is cached
-  until a pyproject changes;
+- the tool Dockerfiles install these (ci/images/tool-install.sh deps) before copying any source, so the
+  dependency layer is cached until a pyproject changes;
 - ci/images/wheelhouse.sh downloads them (plus the build backends) for offline image builds.
 
 Requirements naming one of the given projects (omni3-shared for a tool, say) are left out: those are

@@ -43,9 +43,13 @@ def test_dockerfile_conventions(tool: str) -> None:
     assert "WORKDIR /data" in text and "OMNI3_STORAGE_ROOT=/data" in text
     for key in ("title", "version", "revision", "source"):
         assert f"org.opencontainers.image.{key}=" in text
-    # dependencies (from pyproject files) are installed before any source is copied
-    assert text.index(f"COPY tools/{tool}/pyproject.toml") < text.index(f"COPY tools/{tool}/ ")
-    assert text.index("--requirement") < text.index(f"COPY tools/{tool}/ ")
+    # the shared build steps (ci/images/tool-install.sh) come in first; dependencies (from pyproject files) are
+    # installed before any source is copied, so a source change leaves the dependency layer cached
+    install = "sh /tmp/omni3-build/tool-install.sh"
+    assert text.index("COPY ci/images/tool-install.sh") < text.index(f"RUN {install} user")
+    assert text.index(f"COPY tools/{tool}/pyproject.toml") < text.index(f"RUN {install} deps")
+    assert text.index(f"RUN {install} deps") < text.index(f"COPY tools/{tool}/ ")
+    assert text.index(f"COPY tools/{tool}/ ") < text.index(f"RUN {install} source {image}")
     env_lines = [line for line in text.splitlines() if line.startswith(("ENV", "ARG"))]
     assert not [line for line in env_lines if re.search(r"TOKEN|PASSWORD|SECRET|_KEY", line)]
 
@@ -58,7 +62,8 @@ def test_prep_installs_ffmpeg_only_when_missing() -> None:
 def test_dockerignore_keeps_the_context_small() -> None:
     lines = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()]
     assert lines[lines.index("**")] == "**"  # everything out, then the few folders the Dockerfiles copy
-    assert {"!shared/", "!tools/", "!stages/", "!ci/images/pyproject_reqs.py"} <= set(lines)
+    helpers = {"!ci/images/pyproject_reqs.py", "!ci/images/tool-install.sh"}
+    assert {"!shared/", "!tools/", "!stages/", *helpers} <= set(lines)
 
 
 # Shell scripts ---------------------------------------------------------------------------------------------
@@ -70,6 +75,17 @@ def test_shell_script_parses_and_is_strict(script: str) -> None:
     assert subprocess.run(["bash", "-n", str(path)], capture_output=True, check=False).returncode == 0
     assert "set -euo pipefail" in path.read_text()
     assert os.access(path, os.X_OK), f"{script} is not executable"
+
+
+def test_tool_install_script_is_strict_posix_sh() -> None:
+    """ci/images/tool-install.sh runs under the bases' /bin/sh (dash on Debian), not bash."""
+    path = REPO / "ci/images/tool-install.sh"
+    assert subprocess.run(["sh", "-n", str(path)], capture_output=True, check=False).returncode == 0
+    text = path.read_text()
+    assert text.startswith("#!/bin/sh\n") and "\nset -eu\n" in text
+    assert os.access(path, os.X_OK), "ci/images/tool-install.sh is not executable"
+    usage = subprocess.run(["sh", str(path), "nope"], capture_output=True, text=True, check=False)
+    assert usage.returncode == 2 and "usage:" in usage.stderr
 
 
 def test_pyproject_reqs_lists_third_party_requirements_only(tmp_path: Path) -> None:

@@ -50,6 +50,8 @@ def published(images: dict[str, str], shared_dir: Path) -> Path:
     assert result.exit_code == 0, result.output
     artifact = shared_dir / DATASET
     assert (artifact / MANIFEST_FILE).is_file(), f"no manifest in {artifact}: {result.output}"
+    producer = read_manifest(artifact).tool
+    assert (producer.image or "").startswith("omni3-prep:") and producer.source_commit, producer
     return artifact
 
 
