@@ -1,0 +1,286 @@
+"""Building WebDataset shards with parallel worker processes, and reusing finished ones after a kill.
+
+The main process cuts the record stream into shards, and each shard into small chunks of records. Worker
+processes turn chunks into sample members (loading, converting and checking media: the expensive part);
+the main process appends their results, in order, to the shard being assembled. Small chunks keep every core
+busy even when a job has only a few shards, and a bounded window of chunks in flight keeps memory flat
+however many samples a job has.
+
+A shard is written as ``<name>.tmp`` and renamed when complete; then a sidecar under ``prep/shards/`` records
+its facts and a fingerprint of its records. A rerun that finds a sidecar with the same fingerprint and the
+shard's size reuses the shard instead of building it again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import tarfile
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omni3_prep.records import BadRecord, BadRecordError, Record
+from omni3_prep.samples import materialize
+
+# Bump when the bytes a record turns into change, so that old finished shards are not reused.
+SHARD_FORMAT = 1
+SIDECAR_DIR = "prep/shards"
+CACHE_DIR = ".cache"
+CHUNK_SIZE = 4
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}-shard-{index:06d}.tar"
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    name: str
+    split: str
+    records: tuple[Record, ...]
+    staging: str
+
+
+@dataclass(frozen=True)
+class ChunkTask:
+    records: tuple[Record, ...]
+    cache_dir: str
+
+
+@dataclass
+class ChunkResult:
+    samples: list[tuple[str, list[tuple[str, bytes]], dict[str, Any]]] = field(default_factory=list)
+    bad: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class ShardResult:
+    name: str
+    split: str
+    samples: int
+    size: int
+    sha256: str | None
+    bad: list[BadRecord] = field(default_factory=list)
+    modalities: dict[str, int] = field(default_factory=dict)
+    image_exts: list[str] = field(default_factory=list)
+    reused: bool = False
+
+
+def _stat(path: str) -> list[int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return [info.st_size, info.st_mtime_ns]
+
+
+def task_fingerprint(task: ShardTask) -> str:
+    """What the shard's bytes depend on: its records, their media sources (with size and mtime), the format."""
+    description = {
+        "format": SHARD_FORMAT,
+        "name": task.name,
+        "records": [
+            {
+                "key": record.key,
+                "split": record.split,
+                "conversation": record.conversation,
+                "media": [item.fingerprint() for item in record.media],
+                "stat": [_stat(item.location) for item in record.media if item.how in ("file", "tar")],
+            }
+            for record in task.records
+        ],
+    }
+    return hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def process_chunk(task: ChunkTask) -> ChunkResult:
+    """Materialize a few records (runs in a worker). Bad records are reported, never raised."""
+    result = ChunkResult()
+    cache_dir = Path(task.cache_dir)
+    for record in task.records:
+        try:
+            out = materialize(record, cache_dir)
+        except BadRecordError as exc:
+            result.bad.append(BadRecord(record.key, record.origin, exc.reason).as_dict())
+            continue
+        except Exception as exc:  # a decoder's own error on damaged media is still the record's fault
+            reason = f"unreadable media ({exc.__class__.__name__}: {' '.join(str(exc).split())[:200]})"
+            result.bad.append(BadRecord(record.key, record.origin, reason).as_dict())
+            continue
+        result.samples.append((record.key, out.members, {"key": record.key, "origin": record.origin, **out.facts}))
+    return result
+
+
+def _summarize(samples: list[dict[str, Any]]) -> tuple[dict[str, int], list[str]]:
+    counts = {"image": 0, "audio": 0, "video": 0}
+    exts: set[str] = set()
+    for sample in samples:
+        for kind in counts:
+            counts[kind] += kind in sample
+        exts.update(name.split(".", 1)[1] for name in sample["members"] if name.startswith("image."))
+    return counts, sorted(exts)
+
+
+def _result_from_sidecar(sidecar: dict[str, Any], reused: bool) -> ShardResult:
+    counts, exts = _summarize(sidecar["samples"])
+    return ShardResult(
+        name=sidecar["name"],
+        split=sidecar["split"],
+        samples=len(sidecar["samples"]),
+        size=sidecar["size"],
+        sha256=sidecar["sha256"],
+        bad=[BadRecord(**item) for item in sidecar["bad"]],
+        modalities=counts,
+        image_exts=exts,
+        reused=reused,
+    )
+
+
+def reusable(task: ShardTask, fingerprint: str) -> ShardResult | None:
+    """The finished shard of an earlier run with the same fingerprint, if it is still intact."""
+    staging = Path(task.staging)
+    try:
+        sidecar = json.loads((staging / SIDECAR_DIR / f"{task.name}.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if sidecar.get("fingerprint") != fingerprint:
+        return None
+    shard = staging / task.name
+    if sidecar["samples"] and (not shard.is_file() or shard.stat().st_size != sidecar["size"]):
+        return None
+    return _result_from_sidecar(sidecar, reused=True)
+
+
+class ShardWriter:
+    """Assembles one shard from chunk results, in record order, then publishes it inside staging."""
+
+    def __init__(self, task: ShardTask, fingerprint: str) -> None:
+        self.task = task
+        self.fingerprint = fingerprint
+        self.staging = Path(task.staging)
+        self.temporary = self.staging / f"{task.name}.tmp"
+        self.archive = tarfile.open(self.temporary, "w", format=tarfile.PAX_FORMAT)  # noqa: SIM115 - see close()
+        self.samples: list[dict[str, Any]] = []
+        self.bad: list[dict[str, str]] = []
+
+    def add(self, chunk: ChunkResult) -> None:
+        for key, members, facts in chunk.samples:
+            for member, data in members:
+                info = tarfile.TarInfo(f"{key}.{member}")
+                info.size = len(data)
+                info.mode = 0o644
+                info.mtime = 0  # fixed, so equal samples give equal shards
+                self.archive.addfile(info, io.BytesIO(data))
+            self.samples.append(facts)
+        self.bad.extend(chunk.bad)
+
+    def close(self) -> ShardResult:
+        self.archive.close()
+        shard = self.staging / self.task.name
+        if self.samples:
+            with self.temporary.open("rb+") as handle:
+                os.fsync(handle.fileno())
+            os.replace(self.temporary, shard)
+            size, digest = shard.stat().st_size, _sha256_file(shard)
+        else:  # every record was bad: no empty shard for Energon to index
+            self.temporary.unlink()
+            shard.unlink(missing_ok=True)
+            size, digest = 0, None
+        sidecar = {
+            "fingerprint": self.fingerprint,
+            "name": self.task.name,
+            "split": self.task.split,
+            "size": size,
+            "sha256": digest,
+            "samples": self.samples,
+            "bad": self.bad,
+        }
+        path = self.staging / SIDECAR_DIR / f"{self.task.name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(".json.tmp")
+        temporary.write_text(json.dumps(sidecar, sort_keys=True))
+        os.replace(temporary, path)  # last: its presence means the shard is finished
+        return _result_from_sidecar(sidecar, reused=False)
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def cut_into_shards(records: Iterable[Record], staging: Path, shard_size: int) -> Iterator[ShardTask]:
+    """Group a record stream into per-split shard tasks, holding at most one open shard per split."""
+    buffers: dict[str, list[Record]] = {}
+    next_index: dict[str, int] = {}
+
+    def task(split: str, records: list[Record]) -> ShardTask:
+        index = next_index.get(split, 0)
+        next_index[split] = index + 1
+        return ShardTask(shard_name(split, index), split, tuple(records), str(staging))
+
+    for record in records:
+        buffer = buffers.setdefault(record.split, [])
+        buffer.append(record)
+        if len(buffer) >= shard_size:
+            yield task(record.split, buffer)
+            buffers[record.split] = []
+    for split, buffer in sorted(buffers.items()):
+        if buffer:
+            yield task(split, buffer)
+
+
+def _chunks(tasks: Iterable[ShardTask], on_result: Callable[[ShardResult], None]) -> Iterator[tuple[Any, ChunkTask]]:
+    """(writer, chunk) pairs in order; a writer's last chunk is followed by ``(writer, None)``."""
+    for task in tasks:
+        fingerprint = task_fingerprint(task)
+        finished = reusable(task, fingerprint)
+        if finished is not None:
+            on_result(finished)
+            continue
+        cache_dir = Path(task.staging) / CACHE_DIR
+        cache_dir.mkdir(exist_ok=True)
+        writer = ShardWriter(task, fingerprint)
+        for start in range(0, len(task.records), CHUNK_SIZE):
+            yield writer, ChunkTask(task.records[start : start + CHUNK_SIZE], str(cache_dir))
+        yield writer, None
+
+
+def run_tasks(tasks: Iterable[ShardTask], workers: int, on_result: Callable[[ShardResult], None]) -> None:
+    """Build every shard: chunks in this process (``workers`` 1) or in a pool with a bounded window in flight."""
+    chunks = _chunks(tasks, on_result)
+    if workers <= 1:
+        for writer, chunk in chunks:
+            if chunk is None:
+                on_result(writer.close())
+            else:
+                writer.add(process_chunk(chunk))
+        return
+    # spawn, not fork: children must not inherit the output lock's descriptor or the caller's threads.
+    context = multiprocessing.get_context("spawn")
+    window: deque[tuple[ShardWriter, Future[ChunkResult] | None]] = deque()
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        for writer, chunk in chunks:
+            window.append((writer, None if chunk is None else pool.submit(process_chunk, chunk)))
+            while sum(future is not None for _, future in window) > 3 * workers:
+                _drain_one(window, on_result)
+        while window:
+            _drain_one(window, on_result)
+
+
+def _drain_one(window: deque[tuple[ShardWriter, Future[ChunkResult] | None]], on_result: Callable) -> None:
+    """Hand the oldest result to its shard (in submission order, so shards keep their record order)."""
+    writer, future = window.popleft()
+    if future is None:
+        on_result(writer.close())
+    else:
+        writer.add(future.result())
