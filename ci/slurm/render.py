@@ -5,7 +5,7 @@ Examples:
       --data-dir /lustre/omni3 -o sft.sbatch -- --config valor32k
   sbatch sft.sbatch
 
-  python3 ci/slurm/render.py prep --data-dir /lustre/omni3 -- synth --output datasets/synth_receipts
+  python3 ci/slurm/render.py prep --data-dir /lustre/omni3 -- synth --kind receipts --output datasets/synth_receipts
 
 GPU tools run under torchrun (one per node, --gpus-per-node workers each, c10d rendezvous at the first
 node); prep runs once, directly. Everything after `--` is passed to the tool. Standard library only.
