@@ -8,7 +8,7 @@ declare -A MOD=([multi_storage_client]=multistorageclient [pulp]=pulp [jmespath]
   [python_dateutil]=dateutil [six]=six [opentelemetry_api]=opentelemetry.trace [importlib_metadata]=importlib_metadata
   [zipp]=zipp [xattr]=xattr [wcmatch]=wcmatch [bracex]=bracex [lark]=lark [prettytable]=prettytable [wcwidth]=wcwidth
   [psutil]=psutil [pyroute2]=pyroute2 [orloge]=orloge [tzdata]=tzdata [filelock]=filelock [tqdm]=tqdm
-  [typing_extensions]=typing_extensions [cpsat_logutils]=cpsat_logutils [braceexpand]=braceexpand [rapidyaml]=ryml [markdown_it_py]=markdown_it [pygments]=pygments)
+  [typing_extensions]=typing_extensions [cpsat_logutils]=cpsat_logutils [braceexpand]=braceexpand [rapidyaml]=ryml [markdown_it_py]=markdown_it [pygments]=pygments [python_dotenv]=dotenv)
 for wheel in .whl/*.whl; do
   dist=$(basename "$wheel" | cut -d- -f1 | tr 'A-Z' 'a-z')
   module=${MOD[$dist]:-$dist}

@@ -9,5 +9,6 @@ python3 -m pip download -q --no-deps $PLAT -d .whl \
   multi-storage-client pulp cpsat-logutils orloge jmespath jsonschema attrs referencing rpds-py \
   jsonschema-specifications python-dateutil six opentelemetry-api importlib-metadata zipp xattr wcmatch bracex \
   lark prettytable wcwidth psutil pyroute2 tzdata filelock tqdm typing-extensions braceexpand rapidyaml \
-  click filetype mfusepy webdataset s3fs fsspec aiobotocore einops rich markdown-it-py mdurl pygments deprecation
+  click filetype mfusepy webdataset s3fs fsspec aiobotocore einops rich markdown-it-py mdurl pygments deprecation \
+  python-dotenv diffusers  # pydantic-settings imports dotenv; megatron.bridge.recipes imports the diffusion bridges
 du -sh .whl
