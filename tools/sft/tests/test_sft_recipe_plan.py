@@ -384,3 +384,17 @@ def test_the_hf_path_is_restored_when_the_recipe_fails(fake_megatron: types.Modu
     with pytest.raises(RuntimeError):
         recipe.apply_plan(plan)
     assert fake_megatron._DEFAULT_HF_PATH.startswith("nvidia/")
+
+
+def test_a_dataset_without_the_recipe_s_modalities_is_refused(
+    tmp_path: Path, make_dataset: Callable[..., Path]
+) -> None:
+    audio_only = recipe.read_extra(make_dataset(tmp_path / "audio", audio=4))
+    images_only = recipe.read_extra(make_dataset(tmp_path / "images"))
+    problem = recipe.modality_problem(resolved("tiny"), audio_only)
+    assert problem is not None and "has no image samples" in problem.message and problem.exit_code == 3
+    assert "synth --kind receipts" in (problem.fix or "")
+    problem = recipe.modality_problem(resolved("valor32k"), images_only)
+    assert problem is not None and "has no video or audio samples" in problem.message
+    assert recipe.modality_problem(resolved("tiny"), images_only) is None
+    assert recipe.modality_problem(resolved("valor32k"), audio_only) is None

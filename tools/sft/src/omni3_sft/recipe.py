@@ -338,17 +338,30 @@ def dataset_input(dataset_dir: Path, recipe: str, fmt: str, extra: Mapping[str, 
     return DatasetInput("energon", str(dataset_dir), splits)
 
 
+# What each recipe family trains on: a dataset with none of these modalities cannot feed it.
+RECIPE_MODALITIES = {"cord_v2": ("image",), "valor32k": ("video", "audio")}
+
+
 def modality_problem(resolved: Mapping[str, Any], extra: Mapping[str, Any] | None) -> InvalidInputError | None:
-    """A modality filter that would leave nothing to train on, judged from the dataset manifest's counts."""
-    wanted = resolved["dataset"].get("modality_filter")
+    """A dataset the variant cannot train on, judged from the dataset manifest's counts: none of the recipe's
+    modalities, or a modality filter that would leave nothing."""
     counts = (extra or {}).get("counts")
-    if not wanted or not isinstance(counts, Mapping) or not isinstance(counts.get("total"), Mapping):
+    if not isinstance(counts, Mapping) or not isinstance(counts.get("total"), Mapping):
         return None
-    if counts["total"].get(wanted, 0) == 0:
+    total, path = counts["total"], resolved["dataset"]["path"]
+    wanted = resolved["dataset"].get("modality_filter")
+    if wanted and total.get(wanted, 0) == 0:
         return InvalidInputError(
-            f"dataset {resolved['dataset']['path']} has no {wanted} samples, so modality_filter {wanted} leaves "
-            "nothing to train on",
+            f"dataset {path} has no {wanted} samples, so modality_filter {wanted} leaves nothing to train on",
             fix=f"use a dataset with {wanted} samples or drop dataset.modality_filter",
+        )
+    family = next((name for name in RECIPE_MODALITIES if name in resolved["recipe"]), None)
+    if family is not None and not any(total.get(modality, 0) for modality in RECIPE_MODALITIES[family]):
+        needed = " or ".join(RECIPE_MODALITIES[family])
+        return InvalidInputError(
+            f"dataset {path} has no {needed} samples, which recipe {resolved['recipe']} trains on",
+            fix="point the variant at a matching dataset (image-text variants: omni3-prep synth --kind receipts, "
+            "omni3-prep hf or jsonl with images; Valor32k variants: omni3-prep valor32k or synth --kind avqa)",
         )
     return None
 
