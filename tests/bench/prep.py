@@ -88,7 +88,7 @@ def measure(kind: str, samples: int, workers: int, repeat: int, scratch: Path) -
     return best
 
 
-def machine() -> str:
+def machine(load: float) -> str:
     cpus = len(os.sched_getaffinity(0))
     model = next(
         (
@@ -98,7 +98,6 @@ def machine() -> str:
         ),
         "?",
     )
-    load = os.getloadavg()[0]
     ffmpeg = subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True, check=False).stdout.split("\n")[0]
     return f"{cpus} cores ({model}), load {load:.1f} at start, Python {platform.python_version()}, {ffmpeg}"
 
@@ -113,6 +112,7 @@ def main() -> None:
     args = parser.parse_args()
     kinds = ["avqa", "receipts"] if args.kind == "both" else [args.kind]
     energon_meta.energon_version()  # import Energon once, before any timing
+    load = os.getloadavg()[0]  # before the runs: afterwards it mostly shows the benchmark's own load
     rows = []
     with tempfile.TemporaryDirectory(prefix="omni3-prep-bench-") as scratch:
         for kind in kinds:
@@ -122,7 +122,7 @@ def main() -> None:
             rows.append((kind, samples, best["plain"], best["pipeline"], ratio))
     lines = [
         f"omni3-prep benchmark, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"- machine: {machine()}",
+        f"- machine: {machine(load)}",
         f"- pipeline: {args.workers} workers, shard size {SHARD_SIZE}; best of {args.repeat} alternating runs per side",
         "",
         "| job | samples | plain loop s | plain samples/s | pipeline s | pipeline samples/s | speed ratio |",

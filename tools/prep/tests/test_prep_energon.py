@@ -140,3 +140,24 @@ def test_a_damaged_index_without_a_manifest_is_invalid_input_not_a_crash(run, bu
     index.write_bytes(index.read_bytes()[: index.stat().st_size // 2])
     code, _, err = run("energon", "--input", str(copy))
     assert code == 3 and "cannot be read" in err and "Traceback" not in err
+
+
+def test_loader_processes_read_back_every_sample_and_catch_a_changed_image(
+    built: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The read-back's parallel path (Energon loader processes), which only large splits take by default."""
+    from omni3_prep import readback
+    from omni3_prep.shards import SIDECAR_DIR
+
+    monkeypatch.setattr(readback, "LOADER_WORKERS_FROM", 0)
+    report = readback.read_back(built, expected=readback.BuildFacts(built / SIDECAR_DIR), workers=2)
+    assert report.ok, report.first_problem()
+    assert sum(split.read for split in report.splits.values()) == 5
+    copy = tmp_path / "changed"
+    shutil.copytree(built, copy)
+    sidecar = next((copy / SIDECAR_DIR).glob("train-*.json"))
+    facts = json.loads(sidecar.read_text())
+    facts["samples"][0]["image"]["pixels"] = "0" * 64
+    sidecar.write_text(json.dumps(facts))
+    report = readback.read_back(copy, expected=readback.BuildFacts(copy / SIDECAR_DIR), workers=2)
+    assert not report.ok and "image pixels differ from the source" in report.first_problem()
