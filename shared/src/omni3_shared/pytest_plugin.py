@@ -6,6 +6,7 @@
 - ``omni3_isolated``: no OMNI3_*, launcher or Slurm variable of the machine leaks in; the test runs in its
   own scratch directory (a test folder's conftest makes it autouse).
 - ``make_artifact``: publish a small artifact of a kind, through the real protocol.
+- ``nothing_written`` and ``dry_run_plan``: what the tools' CLI tests assert about outputs and dry runs.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
 from omni3_shared.manifest import ArtifactKind, tool_info
 from omni3_shared.publish import publish_artifact
@@ -76,3 +78,14 @@ def make_artifact() -> Callable[..., Path]:
         return path
 
     return make
+
+
+def nothing_written(output: Path) -> bool:
+    """Neither the output nor any of its siblings (staging, lock) exists."""
+    return not output.exists() and not list(output.parent.glob(f".{output.name}.*"))
+
+
+def dry_run_plan(cli: Callable[[list[str]], int], capsys: pytest.CaptureFixture[str], *argv: str) -> dict:
+    """Run ``cli`` with ``--dry-run``, expect exit 0, and return the printed plan."""
+    assert cli([*argv, "--dry-run"]) == 0
+    return yaml.safe_load(capsys.readouterr().out)

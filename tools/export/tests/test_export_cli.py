@@ -11,12 +11,9 @@ import yaml
 from omni3_export.cli import cli
 from omni3_export.settings import ExportSettings
 from omni3_shared.manifest import MANIFEST_FILE, ArtifactKind
+from omni3_shared.pytest_plugin import nothing_written
 
 MakeArtifact = Callable[..., Path]
-
-
-def nothing_written(output: Path) -> bool:
-    return not output.exists() and not list(output.parent.glob(f".{output.name}.*"))
 
 
 def test_help_exits_0_and_names_the_checks(capsys: pytest.CaptureFixture[str]) -> None:

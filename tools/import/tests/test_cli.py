@@ -7,13 +7,13 @@ import struct
 from pathlib import Path
 
 import pytest
-import yaml
 
 from omni3_import.cli import cli
 from omni3_import.settings import ImportSettings
 from omni3_import.tiny_model.spec import TinyOmniSpec
 from omni3_shared.manifest import MANIFEST_FILE, ArtifactKind, tool_info
 from omni3_shared.publish import publish_artifact
+from omni3_shared.pytest_plugin import dry_run_plan, nothing_written
 
 
 @pytest.fixture(autouse=True)
@@ -45,13 +45,8 @@ def make_plain_hf_dir(path: Path) -> Path:
     return path
 
 
-def nothing_written(output: Path) -> bool:
-    return not output.exists() and not list(output.parent.glob(f".{output.name}.*"))
-
-
 def dry_run(capsys: pytest.CaptureFixture[str], *argv: str) -> dict:
-    assert cli(["--dry-run", *argv]) == 0
-    return yaml.safe_load(capsys.readouterr().out)
+    return dry_run_plan(cli, capsys, *argv)
 
 
 def test_help_exits_0_and_names_the_checks(capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,22 +6,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import yaml
 
 from omni3_lora_merge.cli import cli
 from omni3_lora_merge.settings import LoraMergeSettings
 from omni3_shared.manifest import MANIFEST_FILE, ArtifactKind
+from omni3_shared.pytest_plugin import dry_run_plan, nothing_written
 
 MakeArtifact = Callable[..., Path]
 
 
-def nothing_written(output: Path) -> bool:
-    return not output.exists() and not list(output.parent.glob(f".{output.name}.*"))
-
-
 def dry_run(capsys: pytest.CaptureFixture[str], *argv: str) -> dict:
-    assert cli(["--dry-run", *argv]) == 0
-    return yaml.safe_load(capsys.readouterr().out)
+    return dry_run_plan(cli, capsys, *argv)
 
 
 def test_help_exits_0_and_names_the_checks(capsys: pytest.CaptureFixture[str]) -> None:

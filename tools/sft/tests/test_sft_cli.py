@@ -13,17 +13,9 @@ from omni3_sft.settings import SftSettings
 from omni3_sft.stage_config import VARIANTS
 from omni3_shared.manifest import MANIFEST_FILE, ArtifactKind, tool_info
 from omni3_shared.publish import publish_artifact
+from omni3_shared.pytest_plugin import dry_run_plan, nothing_written
 
 MakeArtifact = Callable[..., Path]
-
-
-def dry_run(capsys: pytest.CaptureFixture[str], *argv: str) -> dict:
-    assert cli([*argv, "--dry-run"]) == 0
-    return yaml.safe_load(capsys.readouterr().out)
-
-
-def nothing_written(output: Path) -> bool:
-    return not output.exists() and not list(output.parent.glob(f".{output.name}.*"))
 
 
 @pytest.fixture
@@ -33,6 +25,10 @@ def tiny_inputs(tmp_path: Path, make_artifact: MakeArtifact, make_dataset, write
     make_artifact(tmp_path / "checkpoints" / "tiny_omni", ArtifactKind.MEGATRON_CHECKPOINT)
     write_hf_config(tmp_path / "models" / "tiny_omni_hf")
     return tmp_path
+
+
+def dry_run(capsys: pytest.CaptureFixture[str], *argv: str) -> dict:
+    return dry_run_plan(cli, capsys, *argv)
 
 
 def test_help_exits_0_and_names_the_checks(capsys: pytest.CaptureFixture[str]) -> None:
