@@ -9,11 +9,14 @@ Both sides build the same Energon dataset from the built-in synthetic data (same
 - plain loop: one process, record by record: make the sample, append it to the shard, then Energon indexing;
   no read-back, no manifest.
 
-The pipeline does strictly more work, so the ratio understates its speed-up. The audio+video job (avqa) is the
-one the target applies to: its samples cost what real VALOR samples cost (ffmpeg per sample). Receipts are
-a few milliseconds each, so proving them (decoding every image again) is a large share of the pipeline's work.
+The pipeline does strictly more work, so the ratio understates its speed-up. The target (issue 3: 1.8x on the
+2-core machine) is checked for both jobs. The audio+video job (avqa) costs what real VALOR samples cost (ffmpeg
+per sample), and the proof is a small share of it: it reaches the target on a quiet machine. Receipts are a few
+milliseconds each, and proving one (reading it back through Energon, decoding its image again, comparing the
+pixels) costs more than half of what making it costs: the pipeline spends about 1.8x the plain loop's CPU time,
+so two cores cannot make it 1.8x faster (see ci/records/prep-bench-20261126.md).
 Each side runs ``--repeat`` times, alternating, and the fastest run of each counts (the CI machines are
-shared). Prints a table and the ratio; with --record writes it as Markdown into DIR (ci/records/).
+shared). Prints a table and the ratios; with --record writes it as Markdown into DIR (ci/records/).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from omni3_prep.samples import materialize
 from omni3_prep.shards import cut_into_shards
 
 DEFAULT_SAMPLES = {"avqa": 400, "receipts": 1500}
-TARGET_RATIO = 1.8  # issue 3: on the 2-core machine, for the audio+video job
+TARGET_RATIO = 1.8  # issue 3: on the 2-core machine, for both jobs
 SHARD_SIZE = 50
 
 
@@ -131,10 +134,10 @@ def main() -> None:
     for kind, samples, plain, piped, ratio in rows:
         rates = f"{plain:.1f} | {samples / plain:.1f} | {piped:.1f} | {samples / piped:.1f}"
         lines.append(f"| {kind} | {samples} | {rates} | {ratio:.2f}x |")
+    lines.append("")
     for kind, _, _, _, ratio in rows:
-        if kind == "avqa":
-            verdict = "met" if ratio >= TARGET_RATIO else "NOT met"
-            lines += ["", f"target: avqa speed ratio >= {TARGET_RATIO}x: {verdict} ({ratio:.2f}x)"]
+        verdict = "met" if ratio >= TARGET_RATIO else "NOT met"
+        lines.append(f"target: {kind} speed ratio >= {TARGET_RATIO}x: {verdict} ({ratio:.2f}x)")
     report = "\n".join(lines) + "\n"
     print(report, end="")
     if args.record is not None:

@@ -30,6 +30,9 @@ import torch.distributed as dist
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tools/import/src"))
+sys.path.insert(0, str(REPO / "shared/src"))
+
+from omni3_shared.omni_logits import forward_args, multimodal_batch  # noqa: E402 (after the path setup)
 
 RESULTS: dict[str, Any] = {}
 
@@ -210,59 +213,6 @@ def text_logits(hf_dir: Path, model) -> dict[str, Any]:
     stats["hf_missing_keys"] = list(missing)[:10]
     stats["hf_unexpected_keys"] = list(unexpected)[:10]
     return stats
-
-
-def multimodal_batch(hf_dir: Path) -> dict[str, Any]:
-    """One fixed example: a 96x64 gradient image, 1 s of a 440 Hz tone and text, through the real collator."""
-    import numpy as np
-    from megatron.bridge.models.nemotron_omni.data.collate_fn import nemotron_omni_collate_fn
-    from PIL import Image
-    from transformers import AutoProcessor
-
-    processor = AutoProcessor.from_pretrained(str(hf_dir), trust_remote_code=True, local_files_only=True)
-    x = np.linspace(0, 255, 96, dtype=np.uint8)
-    pixels = np.stack([np.tile(x, (64, 1)), np.tile(x[::-1], (64, 1)), np.full((64, 96), 128, np.uint8)], axis=-1)
-    tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(16000) / 16000)).astype(np.float32)
-    example = {
-        "conversation": [
-            {
-                "role": "user",
-                "content": [
-                    {"type": "image", "image": Image.fromarray(pixels)},
-                    {"type": "text", "text": "<|audio_1|>\nDescribe the image and the sound."},
-                ],
-            },
-            {"role": "assistant", "content": "A colour gradient and a steady tone."},
-        ],
-        "audio": {"array": tone, "sampling_rate": 16000},
-    }
-    return nemotron_omni_collate_fn([example], processor)
-
-
-def forward_args(batch: dict[str, Any]) -> dict[str, Any]:
-    from megatron.bridge.training.nemotron_omni_step import _build_vision_packed_seq_params, _resolve_images
-
-    def cuda(value):
-        return value.cuda() if torch.is_tensor(value) else value
-
-    images = _resolve_images(batch)
-    args: dict[str, Any] = {
-        "images": cuda(images).to(torch.bfloat16),
-        "input_ids": cuda(batch["input_ids"]),
-        "position_ids": cuda(batch["position_ids"]),
-        "attention_mask": None,
-        "labels": None,
-    }
-    if batch.get("sound_clips") is not None:
-        args["sound_clips"] = cuda(batch["sound_clips"]).to(torch.bfloat16)
-        args["sound_length"] = cuda(batch["sound_length"])
-    for key in ("imgs_sizes", "num_frames", "num_image_tiles"):
-        if batch.get(key) is not None:
-            args[key] = cuda(batch[key])
-    packed = _build_vision_packed_seq_params(args.get("imgs_sizes"))
-    if packed is not None:
-        args["vision_packed_seq_params"] = packed
-    return args
 
 
 def mm_logits(model, args: dict[str, Any]) -> torch.Tensor:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -50,15 +52,25 @@ def test_dry_run_prints_the_plan_with_input_status(tmp_path: Path, capsys: pytes
 
 
 def test_dry_run_checks_the_base_model_when_given(
-    tmp_path: Path, make_artifact: MakeArtifact, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, make_lora_run: MakeArtifact, make_lora_base: MakeArtifact, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    make_artifact(tmp_path / "run", ArtifactKind.TRAINING_RUN)
-    (tmp_path / "base").mkdir()
-    (tmp_path / "base" / "config.json").write_text("{}")
+    make_lora_run(tmp_path / "run", tmp_path / "recorded-but-gone")
+    make_lora_base(tmp_path / "base")
     plan = dry_run(capsys, "--lora-checkpoint", "run", "--hf-model-path", "base")
     statuses = {entry["role"]: entry["status"] for entry in plan["inputs"]}
     assert statuses == {"lora_checkpoint": "ok (training-run)", "hf_model": "external directory (no omni3 manifest)"}
+    assert plan["lora_run"]["hf_model"] == str(tmp_path / "base")
     assert plan["verdict"] == "ready: every check passed"
+
+
+def test_a_plain_training_run_without_lora_fields_is_refused(
+    tmp_path: Path, make_artifact: MakeArtifact, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_artifact(tmp_path / "run", ArtifactKind.TRAINING_RUN)
+    plan = dry_run(capsys, "--lora-checkpoint", "run")
+    assert plan["verdict"].startswith("1 problem")
+    assert cli(["--lora-checkpoint", "run"]) == 3
+    assert "is a full fine-tuning run" in capsys.readouterr().err
 
 
 def test_output_format_megatron_writes_a_megatron_checkpoint(capsys: pytest.CaptureFixture[str]) -> None:
@@ -89,14 +101,94 @@ def test_missing_base_model_is_exit_3(
     assert nothing_written(tmp_path / "merged")
 
 
-def test_valid_inputs_are_not_available_yet_and_write_nothing(
-    tmp_path: Path, make_artifact: MakeArtifact, capsys: pytest.CaptureFixture[str]
+def test_valid_inputs_without_megatron_bridge_are_exit_2_after_the_checks(
+    tmp_path: Path, make_lora_run: MakeArtifact, make_lora_base: MakeArtifact, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    make_artifact(tmp_path / "run", ArtifactKind.TRAINING_RUN)
-    make_artifact(tmp_path / "base", ArtifactKind.HF_CHECKPOINT)
-    assert cli(["--lora-checkpoint", "run", "--hf-model-path", "base", "--output", "merged"]) == 2
-    assert "LoRA merge is not available in this version" in capsys.readouterr().err
+    if importlib.util.find_spec("megatron") is not None and importlib.util.find_spec("megatron.bridge") is not None:
+        pytest.skip("Megatron-Bridge is installed here: the real run would start")
+    make_lora_run(tmp_path / "run", make_lora_base(tmp_path / "base"))
+    assert cli(["--lora-checkpoint", "run", "--output", "merged"]) == 2
+    err = capsys.readouterr().err
+    assert "LoRA merge needs Megatron-Bridge, which this environment lacks" in err
+    assert err.count("\n") == 1
     assert nothing_written(tmp_path / "merged")
+
+
+def test_dry_run_with_a_ready_lora_run_names_its_base(
+    tmp_path: Path, make_lora_run: MakeArtifact, make_lora_base: MakeArtifact, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = make_lora_base(tmp_path / "base")
+    make_lora_run(tmp_path / "run", base)
+    plan = dry_run(capsys, "--lora-checkpoint", "run", "--output-format", "megatron")
+    assert [entry["status"] for entry in plan["inputs"]] == ["ok (training-run)", "named by the LoRA run"]
+    assert plan["lora_run"]["hf_model"] == str(base)
+    assert plan["lora_run"]["dim"] == 4 and plan["lora_run"]["alpha"] == 8.0
+    assert plan["verdict"] == "ready: every check passed"
+
+
+@pytest.mark.parametrize(
+    ("change", "exit_code", "message"),
+    [
+        ({"peft": None}, 3, "is a full fine-tuning run"),
+        ({"drop": ("run_config.yaml",)}, 3, "run_config.yaml missing"),
+        ({"run_config_peft": {"dim": 4, "alpha": 64}}, 3, "says LoRA alpha=64"),
+        ({"extra_changes": {"checkpoint": None}}, 3, "records no saved checkpoint"),
+        ({"extra_changes": {"checkpoint": {"iteration": 9, "path": "checkpoints/iter_0000009"}}}, 3, "is missing"),
+        ({"extra_changes": {"hf_model": None}}, 2, "records no base HF model"),
+    ],
+    ids=["full-ft", "no-run-config", "peft-mismatch", "no-checkpoint", "missing-iteration", "no-base-recorded"],
+)
+def test_bad_lora_run_is_refused_with_one_line_and_writes_nothing(
+    tmp_path: Path, make_lora_run: MakeArtifact, make_lora_base: MakeArtifact, capsys: pytest.CaptureFixture[str],
+    change: dict, exit_code: int, message: str,
+) -> None:  # fmt: skip
+    make_lora_run(tmp_path / "run", make_lora_base(tmp_path / "base"), **change)
+    assert cli(["--lora-checkpoint", "run", "--output", "merged"]) == exit_code
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert err.count("\n") == 1 and "Fix: " in err
+    assert nothing_written(tmp_path / "merged")
+
+
+def test_base_that_is_not_omni_is_exit_3(
+    tmp_path: Path, make_lora_run: MakeArtifact, make_lora_base: MakeArtifact, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_lora_run(tmp_path / "run", make_lora_base(tmp_path / "base", architecture="Qwen3ForCausalLM"))
+    assert cli(["--lora-checkpoint", "run", "--output", "merged"]) == 3
+    assert "not Nemotron 3 Nano Omni" in capsys.readouterr().err
+    assert nothing_written(tmp_path / "merged")
+
+
+def test_truncated_shard_of_the_run_is_exit_3(
+    tmp_path: Path, make_lora_run: MakeArtifact, make_lora_base: MakeArtifact, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = make_lora_run(tmp_path / "run", make_lora_base(tmp_path / "base"))
+    shard = run / "checkpoints" / "iter_0000005" / "__0_0.distcp"
+    shard.write_bytes(b"")
+    assert cli(["--lora-checkpoint", "run", "--output", "merged"]) == 3
+    assert "is damaged" in capsys.readouterr().err
+    assert nothing_written(tmp_path / "merged")
+
+
+@pytest.mark.parametrize("output_format", ["hf", "megatron"])
+def test_too_little_disk_is_exit_1(
+    tmp_path: Path, make_lora_run: MakeArtifact, make_lora_base: MakeArtifact, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch, output_format: str,
+) -> None:  # fmt: skip
+    make_lora_run(tmp_path / "run", make_lora_base(tmp_path / "base"))
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: type(usage)(usage.total, usage.total, 100))
+    assert cli(["--lora-checkpoint", "run", "--output", "merged", "--output-format", output_format]) == 1
+    assert "not enough disk" in capsys.readouterr().err
+    assert nothing_written(tmp_path / "merged")
+
+
+def test_tensor_parallel_size_below_1_is_exit_2(
+    tmp_path: Path, make_lora_run: MakeArtifact, make_lora_base: MakeArtifact, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_lora_run(tmp_path / "run", make_lora_base(tmp_path / "base"))
+    assert cli(["--lora-checkpoint", "run", "--tensor-parallel-size", "0"]) == 2
+    assert "--tensor-parallel-size must be at least 1" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -161,3 +161,36 @@ def test_loader_processes_read_back_every_sample_and_catch_a_changed_image(
     sidecar.write_text(json.dumps(facts))
     report = readback.read_back(copy, expected=readback.BuildFacts(copy / SIDECAR_DIR), workers=2)
     assert not report.ok and "image pixels differ from the source" in report.first_problem()
+
+
+def test_one_loader_reads_every_split_and_files_each_failure_under_its_split(
+    built: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every split goes through one Energon loader (and its processes): verdicts and failures keep their split."""
+    from omni3_prep import readback
+
+    monkeypatch.setattr(readback, "LOADER_WORKERS_FROM", 0)  # loader processes even for this small dataset
+
+    root = tmp_path / "two-splits"
+    root.mkdir()
+    image = next(built.glob("train-*.tar"))
+    with tarfile.open(image) as archive:
+        png = next(archive.extractfile(m).read() for m in archive.getmembers() if m.name.endswith(".png"))
+    turns = b'[{"role": "user", "content": "<image>hi"}, {"role": "assistant", "content": "x"}]'
+    layout = {"train": {f"t{index}": png for index in range(6)}, "val": {"v0": png, "v1": b"\x89PNG broken"}}
+    for split, samples in layout.items():
+        with tarfile.open(root / f"{split}-shard-000000.tar", "w") as archive:
+            for key, data in samples.items():
+                for name, payload in (("conversation.json", turns), ("image.png", data)):
+                    info = tarfile.TarInfo(f"{key}.{name}")
+                    info.size = len(payload)
+                    archive.addfile(info, io.BytesIO(payload))
+    shards = {split: [f"{split}-shard-000000.tar"] for split in layout}
+    energon_meta.write_metadata(root, shards, {"conversation": "conversation.json", "imgs": "image.png"}, 1)
+    for workers in (0, 2):
+        report = readback.read_back(root, workers=workers)
+        train, val = report.splits["train"], report.splits["val"]
+        assert (train.read, train.error_count, train.decoded["image"]) == (6, 0, 6), workers
+        assert (val.read, val.decoded["image"]) == (1, 1), workers
+        assert any("sample v1 cannot be loaded" in error for error in val.errors), (workers, val.errors)
+        assert not report.ok and not report.problems

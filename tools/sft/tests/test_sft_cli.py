@@ -206,11 +206,13 @@ def test_missing_input_is_exit_3(capsys: pytest.CaptureFixture[str]) -> None:
     assert "synth_receipts" in err  # the first input checked is the dataset
 
 
-def test_valid_inputs_are_not_available_yet_and_write_nothing(
+def test_valid_inputs_without_megatron_bridge_are_exit_2_and_write_nothing(
     tiny_inputs: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert cli(["--config", "tiny", "train.train_iters=2"]) == 2
-    assert "training is not available in this version" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "training needs Megatron-Bridge, which this environment lacks" in err
+    assert "omni3-sft GPU image" in err
     assert nothing_written(tiny_inputs / "runs" / "tiny")
 
 
@@ -219,7 +221,7 @@ def test_training_run_is_a_valid_starting_checkpoint(
 ) -> None:
     make_artifact(tiny_inputs / "runs" / "previous", ArtifactKind.TRAINING_RUN)
     assert cli(["--config", "tiny", "--megatron-checkpoint", "runs/previous", "--run-dir", "runs/next"]) == 2
-    assert "training is not available" in capsys.readouterr().err
+    assert "training needs Megatron-Bridge" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -247,7 +249,7 @@ def test_complete_run_dir_without_force_is_exit_2(
     assert cli(["--config", "tiny"]) == 2
     assert "a complete artifact already exists" in capsys.readouterr().err
     assert cli(["--config", "tiny", "--force"]) == 2
-    assert "training is not available" in capsys.readouterr().err
+    assert "training needs Megatron-Bridge" in capsys.readouterr().err
     assert (existing / MANIFEST_FILE).read_bytes() == before
 
 
@@ -290,7 +292,7 @@ def test_world_size_from_nproc_and_torchrun(
     assert cli(["--config", "tiny", "--nproc", "4"]) == 2
     assert "--nproc 4 but torchrun started 2" in capsys.readouterr().err
     assert cli(["--config", "tiny", "train.global_batch_size=2"]) == 2
-    assert "training is not available" in capsys.readouterr().err
+    assert "training needs Megatron-Bridge" in capsys.readouterr().err
 
 
 def test_a_bad_layout_stops_before_the_inputs_are_looked_at(
@@ -315,7 +317,7 @@ def test_memory_warning_before_the_run(tiny_inputs: Path, capsys: pytest.Capture
     plan = dry_run(capsys, "--config", "tiny", "--gpu-memory-gb", "1")
     assert plan["warnings"][0].startswith("estimated 4 GB per GPU exceeds the 1 GB card")
     assert plan["verdict"] == "ready: every check passed"  # a warning does not stop the run
-    assert cli(["--config", "tiny", "--gpu-memory-gb", "1"]) == 2  # still: training is not available yet
+    assert cli(["--config", "tiny", "--gpu-memory-gb", "1"]) == 2  # still: training needs Megatron-Bridge
     err = capsys.readouterr().err
     assert "WARNING estimated 4 GB per GPU exceeds the 1 GB card" in err
     assert cli(["--config", "tiny", "--gpu-memory-gb", "0"]) == 2
@@ -392,7 +394,7 @@ def test_audio_filter_on_a_dataset_without_audio_is_exit_3(
     assert "has no audio samples" in capsys.readouterr().err
     make_dataset(tmp_path / "datasets" / "with_audio", audio=3)
     assert cli([*argv, "--valor32k-energon-path", "datasets/with_audio"]) == 2
-    assert "training is not available" in capsys.readouterr().err
+    assert "training needs Megatron-Bridge" in capsys.readouterr().err
 
 
 def test_default_variant_is_checked_with_the_published_shape(capsys: pytest.CaptureFixture[str]) -> None:

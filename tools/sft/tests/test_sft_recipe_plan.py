@@ -134,6 +134,19 @@ def test_a_peft_recipe_without_peft_section_trains_without_adapters(tmp_path: Pa
     assert values["peft"] is None
 
 
+def test_null_tokenizer_is_sized_below_the_model_vocabulary() -> None:
+    # The VLM recipes' NullTokenizer has 32,000 ids; a model with fewer (the tiny one has 1,024) is refused by
+    # Megatron unless the tokenizer is sized to fit it.
+    values = dict(recipe.plan_recipe(resolved("tiny"), replace(FACTS, model_vocab_size=1024)).assignments)
+    assert values["tokenizer.vocab_size"] == 1023
+    assert "tokenizer.vocab_size" not in dict(recipe.plan_recipe(resolved("tiny"), FACTS).assignments)
+
+
+def test_log_interval_reaches_the_logger_only_when_set() -> None:
+    assert dict(recipe.plan_recipe(resolved("tiny"), FACTS).assignments)["logger.log_interval"] == 1
+    assert "logger.log_interval" not in dict(recipe.plan_recipe(resolved("default"), FACTS).assignments)
+
+
 def test_pipeline_parallel_sets_the_pipeline_dtype() -> None:
     values = assignments("tiny", "model.pipeline_model_parallel_size=2")
     assert values["model.pipeline_dtype"] == Attribute("torch:bfloat16")
@@ -300,7 +313,8 @@ def fake_megatron(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
                     ["pretrained_checkpoint", "save", "load", "hf_trust_remote_code", "save_interval", "ckpt_step"]
                 )
             ),
-            logger=FakeSection({"tensorboard_dir": None}),
+            logger=FakeSection({"tensorboard_dir": None, "log_interval": 10}),
+            tokenizer=FakeSection({"vocab_size": 32000}),
             peft=None,
         )
 

@@ -1,20 +1,23 @@
 """Reading an Energon dataset back the way the training path does, and checking what comes out.
 
-Every split in ``split.yaml`` is opened with megatron-energon's ``get_val_dataset``/``get_loader`` through
-the loader ``dataset.yaml`` names. Each sample's conversation must parse into ChatML turns whose media
-parts match the sample's media, and each mapped field must decode. With the facts a build recorded, every
-sample is also compared with its source: conversation bytes, decoded pixels, PCM samples, MP4 bytes.
+Every split in ``split.yaml`` is opened with megatron-energon's ``get_val_dataset`` through the loader
+``dataset.yaml`` names, and all splits are read by one Energon loader. Each sample's conversation must parse
+into ChatML turns whose media parts match the sample's media, and each mapped field must decode. With the
+facts a build recorded, every sample is also compared with its source: conversation bytes, decoded pixels,
+PCM samples, MP4 bytes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import io
 import json
 import sqlite3
 import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,8 +36,8 @@ from omni3_prep.energon_meta import (
 from omni3_prep.records import COLLATOR_AUDIO_PLACEHOLDER, BadRecordError
 
 MAX_LISTED_ERRORS = 20
-# A split smaller than this is read in this process: starting loader processes for it costs more than it saves
-# (measured on the 2-core machine: about 0.3 s of start-up per split against about 0.4 s per 150 receipts).
+# A dataset smaller than this is read in this process: starting loader processes costs more than it saves
+# (measured on the 2-core machine: about 0.3 s of start-up against about 0.4 s per 150 receipts).
 LOADER_WORKERS_FROM = 512
 
 
@@ -227,13 +230,19 @@ class _Checker:
     Decoding and digests run in parallel that way; the main process only counts keys and gathers errors.
     """
 
-    def __init__(self, expected: BuildFacts | None, decode_videos: int) -> None:
+    def __init__(self, expected: BuildFacts | None, decode_videos: int, split: str) -> None:
         self.expected = expected
         self.decode_videos = decode_videos
+        self.split = split
         self.videos_decoded = 0  # per process: each loader worker decodes its first few videos
 
     def __call__(self, sample: Any) -> dict[str, Any]:
-        verdict: dict[str, Any] = {"key": sample.__key__, "errors": [], "decoded": {"image": 0, "audio": 0, "video": 0}}
+        verdict: dict[str, Any] = {
+            "key": sample.__key__,
+            "split": self.split,
+            "errors": [],
+            "decoded": {"image": 0, "audio": 0, "video": 0},
+        }
         try:
             self._check(sample, verdict)
         except Exception as exc:  # a check that cannot run on this sample is itself a finding
@@ -301,6 +310,7 @@ def read_back(
     """
     from megatron.energon import DefaultTaskEncoder, WorkerConfig, get_val_dataset
     from megatron.energon.savable_loader import BasicDataLoader
+    from megatron.energon.wrappers.concat_dataset import ConcatDataset
 
     from omni3_prep.chatml_mirror import bridge_loader
 
@@ -326,49 +336,65 @@ def read_back(
         def batch(self, samples: list[Any]) -> list[Any]:
             return samples
 
-    with bridge_loader() as loader, warnings.catch_warnings(), tempfile.TemporaryDirectory() as scratch:
+    with (
+        bridge_loader() as loader,
+        warnings.catch_warnings(),
+        tempfile.TemporaryDirectory() as scratch,
+        _gc_frozen(),
+    ):
         warnings.filterwarnings("ignore", message=".*pin_memory.*")
         report.loader = loader
-        for split, shards in sorted(read_splits(root).items()):
-            split_report = SplitReport(split, shards=len(shards), indexed=sum(counts.get(name, 0) for name in shards))
-            report.splits[split] = split_report
-            failures = Path(scratch) / f"{split}.failures"
-            small = split_report.indexed < LOADER_WORKERS_FROM or limit is not None
-            config = WorkerConfig(
-                rank=0,
-                world_size=1,
-                num_workers=0 if small else workers,
-                global_error_handler=_FailureLog(failures),
+        splits = sorted(read_splits(root).items())
+        for split, shards in splits:
+            indexed = sum(counts.get(name, 0) for name in shards)
+            report.splits[split] = SplitReport(split, shards=len(shards), indexed=indexed)
+        if not splits:  # nothing to read (and Energon's ConcatDataset needs at least one dataset)
+            return report
+        # One loader for every split (Energon's ConcatDataset): its processes start once and share out the
+        # small splits too, instead of a loader, its start-up and a forced gc.collect() per split.
+        failures = Path(scratch) / "failures"
+        total = sum(split.indexed for split in report.splits.values())
+        num_workers = 0 if total < LOADER_WORKERS_FROM or limit is not None else workers
+
+        def config(split: str) -> WorkerConfig:  # the same loader processes; failures name their split
+            return WorkerConfig(
+                rank=0, world_size=1, num_workers=num_workers, global_error_handler=_FailureLog(failures, split)
             )
-            dataset = get_val_dataset(
+
+        parts = [
+            get_val_dataset(
                 str(root),
                 split_part=split,
-                worker_config=config,
+                worker_config=config(split),
                 batch_size=1,
-                task_encoder=_Verdicts(_Checker(expected, decode_videos)),
+                limit=limit,  # batches of one sample: at most ``limit`` samples of each split
+                task_encoder=_Verdicts(_Checker(expected, decode_videos, split)),
             )
-            seen: set[str] = set()
-            # Energon prints every failure on stdout, which belongs to the command's result: keep it quiet.
-            with contextlib.redirect_stdout(io.StringIO()):
-                # get_loader()'s loader, without its forced gc.collect() every 10 samples: a verdict is a small
-                # dict, and those collections were a sixth of the read-back's time on image jobs.
-                for batch in BasicDataLoader(dataset, gc_collect_every_n_steps=0):
-                    for verdict in batch:
-                        split_report.read += 1
-                        if verdict["key"] in seen:
-                            split_report.error(f"sample {verdict['key']} was read twice")
-                        seen.add(verdict["key"])
-                        for error in verdict["errors"]:
-                            split_report.error(error)
-                        for kind, number in verdict["decoded"].items():
-                            split_report.decoded[kind] += number
-                    if limit is not None and split_report.read >= limit:
-                        break
-            if failures.is_file():
-                for line in failures.read_text().splitlines():
-                    split_report.error(line)
+            for split, _ in splits
+        ]
+        seen: dict[str, set[str]] = {split: set() for split, _ in splits}
+        # Energon prints every failure on stdout, which belongs to the command's result: keep it quiet.
+        with contextlib.redirect_stdout(io.StringIO()):
+            # get_loader()'s loader, without its forced gc.collect() every 10 samples: a verdict is a small
+            # dict, and those collections were a sixth of the read-back's time on image jobs.
+            every_split = ConcatDataset(*parts, worker_config=config(""))
+            for batch in BasicDataLoader(every_split, gc_collect_every_n_steps=0):
+                for verdict in batch:
+                    split_report = report.splits[verdict["split"]]
+                    split_report.read += 1
+                    if verdict["key"] in seen[verdict["split"]]:
+                        split_report.error(f"sample {verdict['key']} was read twice")
+                    seen[verdict["split"]].add(verdict["key"])
+                    for error in verdict["errors"]:
+                        split_report.error(error)
+                    for kind, number in verdict["decoded"].items():
+                        split_report.decoded[kind] += number
+        for split, line in _FailureLog.read(failures):
+            report.splits[split].error(line)
+        for split, shards in splits:
+            split_report = report.splits[split]
             if expected is not None:
-                missing = sorted(expected.keys(split, shards) - seen)
+                missing = sorted(expected.keys(split, shards) - seen[split])
                 for key in missing[:MAX_LISTED_ERRORS]:
                     split_report.error(f"sample {key} was written but not read back")
                 split_report.error_count += max(0, len(missing) - MAX_LISTED_ERRORS)
@@ -377,11 +403,24 @@ def read_back(
     return report
 
 
+@contextlib.contextmanager
+def _gc_frozen() -> Iterator[None]:
+    """Energon's loader runs a full ``gc.collect()`` whenever one is made, once per split: with torch loaded
+    that scans every object of the process (about 0.1 s). Freezing what exists before the read-back leaves
+    those collections only the read-back's own objects to scan; nothing is leaked, it is unfrozen after."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 class _FailureLog:
     """Energon's error handler: records each sample it had to skip, from any loader process, in one file."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, split: str) -> None:
         self.path = path
+        self.split = split
 
     def __call__(self, exc: Exception, sample: Any, sources: Any) -> None:
         names = [name for source in sources or [] for name in getattr(source, "file_names", [])]
@@ -392,7 +431,14 @@ class _FailureLog:
             exc = exc.__cause__ or exc.__context__
         line = f"sample {where} cannot be loaded: {' <- '.join(causes)}"
         with self.path.open("a") as handle:  # one short append per failure: whole lines from every process
-            handle.write(line + "\n")
+            handle.write(json.dumps([self.split, line]) + "\n")
+
+    @staticmethod
+    def read(path: Path) -> list[tuple[str, str]]:
+        """(split, message) of every recorded failure."""
+        if not path.is_file():
+            return []
+        return [tuple(json.loads(line)) for line in path.read_text().splitlines() if line]
 
 
 def _raw_key(sample: Any) -> str:

@@ -1,10 +1,12 @@
 """Building WebDataset shards with parallel worker processes, and reusing finished ones after a kill.
 
 The main process cuts the record stream into shards, and each shard into small chunks of records. Worker
-processes turn chunks into sample members (loading, converting and checking media: the expensive part);
-the main process appends their results, in order, to the shard being assembled. Small chunks keep every core
-busy even when a job has only a few shards, and a bounded window of chunks in flight keeps memory flat
-however many samples a job has.
+processes turn chunks into sample members (loading, converting and checking media: the expensive part) and
+write them, as ready-made tar members, into a fragment file; they send back only the samples' facts. The main
+process appends the fragments, in order and without parsing them, to the shard being assembled and hashes it
+on the way (no sample bytes are pickled between processes, no tar headers are built in the main process, which
+shares the cores with the workers). Small chunks keep every core busy even when a job has only a few shards,
+and a bounded window of chunks in flight keeps memory and disk use flat however many samples a job has.
 
 A shard is written as ``<name>.tmp`` and renamed when complete; then a sidecar under ``prep/shards/`` records
 its facts and a fingerprint of its records. A rerun that finds a sidecar with the same fingerprint and the
@@ -14,7 +16,6 @@ shard's size reuses the shard instead of building it again.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import multiprocessing
 import os
@@ -33,7 +34,14 @@ from omni3_prep.samples import materialize
 SHARD_FORMAT = 1
 SIDECAR_DIR = "prep/shards"
 CACHE_DIR = ".cache"
+FRAGMENT_DIR = f"{CACHE_DIR}/fragments"
+# Records per chunk: enough that a chunk's round trip to a worker is small against its work (an image takes a
+# few milliseconds), few enough that at the end of a job no worker waits long for the last one. Audio and video
+# take ffmpeg runs of a few hundred milliseconds per record, so they go one per chunk.
 CHUNK_SIZE = 4
+FFMPEG_CHUNK_SIZE = 1
+# tar's end of archive: two zero blocks, then zeros up to a whole record (what tarfile.close() writes).
+TAR_END = 2 * tarfile.BLOCKSIZE
 
 
 def shard_name(split: str, index: int) -> str:
@@ -52,11 +60,13 @@ class ShardTask:
 class ChunkTask:
     records: tuple[Record, ...]
     cache_dir: str
+    fragment: str  # where the worker writes the chunk's tar members
 
 
 @dataclass
 class ChunkResult:
-    samples: list[tuple[str, list[tuple[str, bytes]], dict[str, Any]]] = field(default_factory=list)
+    fragment: str
+    samples: list[dict[str, Any]] = field(default_factory=list)  # each sample's facts, in record order
     bad: list[dict[str, str]] = field(default_factory=list)
 
 
@@ -100,21 +110,33 @@ def task_fingerprint(task: ShardTask) -> str:
     return hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def tar_member(name: str, data: bytes) -> bytes:
+    """One tar member exactly as ``tarfile.TarFile.addfile`` writes it: header blocks, data, zero padding."""
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = 0o644
+    info.mtime = 0  # fixed, so equal samples give equal shards
+    header = info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
+    return header + data + tarfile.NUL * (-len(data) % tarfile.BLOCKSIZE)
+
+
 def process_chunk(task: ChunkTask) -> ChunkResult:
-    """Materialize a few records (runs in a worker). Bad records are reported, never raised."""
-    result = ChunkResult()
+    """Materialize a few records into a tar fragment (runs in a worker). Bad records are reported, never raised."""
+    result = ChunkResult(task.fragment)
     cache_dir = Path(task.cache_dir)
-    for record in task.records:
-        try:
-            out = materialize(record, cache_dir)
-        except BadRecordError as exc:
-            result.bad.append(BadRecord(record.key, record.origin, exc.reason).as_dict())
-            continue
-        except Exception as exc:  # a decoder's own error on damaged media is still the record's fault
-            reason = f"unreadable media ({exc.__class__.__name__}: {' '.join(str(exc).split())[:200]})"
-            result.bad.append(BadRecord(record.key, record.origin, reason).as_dict())
-            continue
-        result.samples.append((record.key, out.members, {"key": record.key, "origin": record.origin, **out.facts}))
+    with open(task.fragment, "wb") as fragment:
+        for record in task.records:
+            try:
+                out = materialize(record, cache_dir)
+            except BadRecordError as exc:
+                result.bad.append(BadRecord(record.key, record.origin, exc.reason).as_dict())
+                continue
+            except Exception as exc:  # a decoder's own error on damaged media is still the record's fault
+                reason = f"unreadable media ({exc.__class__.__name__}: {' '.join(str(exc).split())[:200]})"
+                result.bad.append(BadRecord(record.key, record.origin, reason).as_dict())
+                continue
+            fragment.write(b"".join(tar_member(f"{record.key}.{member}", data) for member, data in out.members))
+            result.samples.append({"key": record.key, "origin": record.origin, **out.facts})
     return result
 
 
@@ -159,36 +181,50 @@ def reusable(task: ShardTask, fingerprint: str) -> ShardResult | None:
 
 
 class ShardWriter:
-    """Assembles one shard from chunk results, in record order, then publishes it inside staging."""
+    """Assembles one shard from chunk fragments, in record order, then publishes it inside staging.
+
+    The shard is hashed while it is written, so its sha256 (for the manifest) costs no second read.
+    """
 
     def __init__(self, task: ShardTask, fingerprint: str) -> None:
         self.task = task
         self.fingerprint = fingerprint
         self.staging = Path(task.staging)
         self.temporary = self.staging / f"{task.name}.tmp"
-        self.archive = tarfile.open(self.temporary, "w", format=tarfile.PAX_FORMAT)  # noqa: SIM115 - see close()
+        self.handle = self.temporary.open("wb")  # closed in close(), after the last fragment
+        self.digest = hashlib.sha256()
+        self.size = 0
+        self.chunks = 0
         self.samples: list[dict[str, Any]] = []
         self.bad: list[dict[str, str]] = []
 
+    def next_fragment(self) -> str:
+        """A fresh fragment path for this shard's next chunk."""
+        self.chunks += 1
+        return str(self.staging / FRAGMENT_DIR / f"{self.task.name}.{self.chunks:05d}")
+
     def add(self, chunk: ChunkResult) -> None:
-        for key, members, facts in chunk.samples:
-            for member, data in members:
-                info = tarfile.TarInfo(f"{key}.{member}")
-                info.size = len(data)
-                info.mode = 0o644
-                info.mtime = 0  # fixed, so equal samples give equal shards
-                self.archive.addfile(info, io.BytesIO(data))
-            self.samples.append(facts)
+        fragment = Path(chunk.fragment)
+        self._write(fragment.read_bytes())  # a chunk's members: a few MB at most
+        fragment.unlink()
+        self.samples.extend(chunk.samples)
         self.bad.extend(chunk.bad)
 
+    def _write(self, data: bytes) -> None:
+        self.handle.write(data)
+        self.digest.update(data)
+        self.size += len(data)
+
     def close(self) -> ShardResult:
-        self.archive.close()
+        self._write(tarfile.NUL * TAR_END)
+        self._write(tarfile.NUL * (-self.size % tarfile.RECORDSIZE))
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.handle.close()
         shard = self.staging / self.task.name
         if self.samples:
-            with self.temporary.open("rb+") as handle:
-                os.fsync(handle.fileno())
             os.replace(self.temporary, shard)
-            size, digest = shard.stat().st_size, _sha256_file(shard)
+            size, digest = self.size, self.digest.hexdigest()
         else:  # every record was bad: no empty shard for Energon to index
             self.temporary.unlink()
             shard.unlink(missing_ok=True)
@@ -208,14 +244,6 @@ class ShardWriter:
         temporary.write_text(json.dumps(sidecar, sort_keys=True))
         os.replace(temporary, path)  # last: its presence means the shard is finished
         return _result_from_sidecar(sidecar, reused=False)
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def cut_into_shards(records: Iterable[Record], staging: Path, shard_size: int) -> Iterator[ShardTask]:
@@ -248,10 +276,13 @@ def _chunks(tasks: Iterable[ShardTask], on_result: Callable[[ShardResult], None]
             on_result(finished)
             continue
         cache_dir = Path(task.staging) / CACHE_DIR
-        cache_dir.mkdir(exist_ok=True)
+        (Path(task.staging) / FRAGMENT_DIR).mkdir(parents=True, exist_ok=True)
         writer = ShardWriter(task, fingerprint)
-        for start in range(0, len(task.records), CHUNK_SIZE):
-            yield writer, ChunkTask(task.records[start : start + CHUNK_SIZE], str(cache_dir))
+        uses_ffmpeg = any(record.modalities() & {"audio", "video"} for record in task.records)
+        size = FFMPEG_CHUNK_SIZE if uses_ffmpeg else CHUNK_SIZE
+        for start in range(0, len(task.records), size):
+            records = task.records[start : start + size]
+            yield writer, ChunkTask(records, str(cache_dir), writer.next_fragment())
         yield writer, None
 
 

@@ -15,9 +15,9 @@ from typing import Any
 from omni3_sft import checkpoints, model_shape, preflight, recipe, stage_config
 from omni3_sft.settings import HUB_MODEL_ID, SftSettings
 from omni3_shared.cli import ToolCommands, run_cli
-from omni3_shared.errors import InvalidInputError, NotAvailableYet, Omni3Error, UsageError
+from omni3_shared.errors import InvalidInputError, Omni3Error, UsageError
 from omni3_shared.manifest import ArtifactKind
-from omni3_shared.plan import InputSpec, OutputSpec, Plan, hf_checkpoint_input
+from omni3_shared.plan import InputSpec, OutputSpec, Plan, hf_checkpoint_input, require_megatron_bridge
 from omni3_shared.plan import preflight as preflight_plan
 from omni3_shared.publish import staging_path
 from omni3_shared.settings import load_settings
@@ -103,7 +103,17 @@ class SftCommands(ToolCommands):
             return
         for warning in plan.sections.get("warnings", []):
             logging.getLogger(TOOL).warning(warning)
-        raise NotAvailableYet("training", "the SFT issue (#5)")
+        require_megatron_bridge("training", TOOL)
+        if is_hub_id(settings.hf_model) and not settings.resolve_path(settings.hf_model).exists():
+            raise UsageError(
+                f"hf_model '{settings.hf_model}' is a hub id; training reads the processor and tokenizer locally",
+                fix="download it first (huggingface-cli download) and pass its directory as --hf-model",
+            )
+        from omni3_sft import train
+
+        shape = model_shape.read_model_shape(settings.resolve_path(settings.hf_model))
+        origin = {"variant": path.stem, "variant_file": str(path), "overrides": list(overrides)}
+        train.run(settings, resolved, origin, shape, plan.input_refs, world.size, force)
 
     def variants(self, stage_dir: str | None = None) -> None:
         """List the stage config variants with what each is for.

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omni3_sft import checkpoints, run_outputs
+from omni3_sft import checkpoints, model_shape, run_outputs
 from omni3_sft.checkpoints import ResumePoint
 from omni3_shared.errors import InvalidInputError, UsageError
 from omni3_shared.manifest import MANIFEST_FILE
@@ -125,6 +125,7 @@ class RecipeFacts:
     resume: ResumePoint | None = None
     apex: bool = False
     flash_attn: bool = False
+    model_vocab_size: int | None = None  # the language model's, from the HF config
 
 
 @dataclass(frozen=True)
@@ -174,12 +175,19 @@ def plan_recipe(resolved: Mapping[str, Any], facts: RecipeFacts) -> RecipePlan:
         out.append(("model.gradient_accumulation_fusion", False))
     if not facts.flash_attn:  # the recipes ask for flash; cuDNN fused attention needs no extra package
         out.append(("model.attention_backend", Attribute(f"{ATTENTION_BACKEND}.fused")))
+    if facts.model_vocab_size:
+        # The VLM recipes give Megatron a NullTokenizer of 32,000 ids (the processor does the tokenizing), and
+        # Megatron refuses a model vocabulary smaller than the tokenizer's: size it below the model's instead
+        # (one less, since some Megatron versions count an extra end-of-document id).
+        out.append(("tokenizer.vocab_size", facts.model_vocab_size - 1))
     out += [
         ("train.train_iters", train["train_iters"]),
         ("train.global_batch_size", train["global_batch_size"]),
         ("train.micro_batch_size", train["micro_batch_size"]),
         ("train.exit_signal_handler", True),  # SIGTERM: save a checkpoint, then exit
     ]
+    if train.get("log_interval") is not None:
+        out.append(("logger.log_interval", train["log_interval"]))
     if peft:
         out.append(
             (
@@ -392,6 +400,8 @@ def gather_facts(
     dataset = dataset_input(dataset_dir, resolved["recipe"], resolved["dataset"].get("format", "auto"), extra)
     pretrained = Path(resolved["checkpoint"]["pretrained_checkpoint"])
     capabilities = detect_capabilities()
+    has_config = (Path(hf_path) / "config.json").is_file()  # a hub id has none here
+    vocab = model_shape.read_model_shape(Path(hf_path)).llm.vocab_size if has_config else None
     return RecipeFacts(
         hf_path=hf_path,
         trust_remote_code=trust_remote_code,
@@ -402,6 +412,7 @@ def gather_facts(
         resume=checkpoints.resume_point(save_dir),
         apex=capabilities["apex"],
         flash_attn=capabilities["flash_attn"],
+        model_vocab_size=vocab,
     )
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, PositiveInt, ValidationError
 
 from omni3_sft.settings import SftSettings
 from omni3_shared.errors import UsageError
@@ -59,6 +59,7 @@ class TrainSection(Section):
     train_iters: int
     global_batch_size: int
     micro_batch_size: int = 1
+    log_interval: PositiveInt | None = None  # iterations per metrics line and progress line; unset: the recipe's
 
 
 class CheckpointSection(Section):

@@ -1,0 +1,33 @@
+#!/bin/bash
+# Every GPU proof of this checkout, one step after the other (a failing step does not stop the next ones):
+#   sft        tests/gpu/test_sft_*.py: each variant trains at tiny size, resume after SIGTERM/SIGKILL, TP2/EP4
+#              (ci/gpu/run-sft-streams.sh: the one-GPU runs in two streams side by side)
+#   adapters   omni3-adapter-export and omni3-lora-merge on the LoRA run the sft step leaves
+#   lifecycle  HF -> Megatron -> HF round trips (TP1; TP2, EP2 and their exports with 2+ GPUs)
+#   bench      tests/bench/sft.py on all of this machine's GPUs (dataset: $OMNI3_GPU_DATA/datasets/bench_receipts)
+# Usage, from the repository root after the kit's setup: source /tmp/omni3-gpu/env.sh && bash ci/gpu/run-all.sh [STEPS]
+# Each step logs to $OUT/STEP.log and writes its reports under $OUT/STEP/.
+set -uo pipefail
+source /tmp/omni3-gpu/env.sh
+OUT=${OUT:-$PWD/gpu-out}; mkdir -p "$OUT"
+GPUS=$(nvidia-smi -L | wc -l)
+export OMNI3_GPU_STORE=${OMNI3_GPU_STORE:-/tmp/omni3-gpu-store} OMNI3_GPU_DATA=${OMNI3_GPU_DATA:-$PWD/.gpu-data}
+export OMNI3_GPU_LORA_RUN=$OMNI3_GPU_STORE/runs/image_text_peft PYTHONUNBUFFERED=1
+STEPS=${*:-sft adapters lifecycle}
+echo "== $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) x $GPUS; steps: $STEPS ($(date -u +%F\ %T))"
+rc=0
+for step in $STEPS; do
+  case $step in
+    sft) command=(bash ci/gpu/run-sft-streams.sh) ;;
+    adapters) command=(bash ci/gpu/run-adapters.sh) ;;
+    lifecycle) command=(bash ci/gpu/run-lifecycle.sh "$GPUS") ;;
+    bench) command=(bash ci/gpu/run-bench-sft.sh --gpus "$GPUS" --dataset "$OMNI3_GPU_DATA/datasets/bench_receipts") ;;
+    *) echo "unknown step $step"; rc=2; continue ;;
+  esac
+  echo "== $step: ${command[*]} ($(date -u +%T))"
+  mkdir -p "$OUT/$step"
+  if ! OUT="$OUT/$step" "${command[@]}" > "$OUT/$step.log" 2>&1; then rc=1; echo "!! $step failed"; fi
+  grep -E '^\[(sft-gpu|lifecycle)|passed|failed|error' "$OUT/$step.log" | tail -40
+done
+echo "== done ($(date -u +%T)), exit $rc"
+exit $rc

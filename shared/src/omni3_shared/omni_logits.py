@@ -1,0 +1,105 @@
+"""Multimodal logits of a Megatron Omni model on one fixed batch, and how two sets of logits compare.
+
+The batch and the forward call are the ones tests/gpu/lifecycle_driver.py proved on H100s (2026-11-26): a 96x64
+gradient image, one second of a 440 Hz tone and a short conversation, through Megatron-Bridge's own
+``nemotron_omni_collate_fn`` with the checkpoint's processor. LLaVA's forward edits some inputs in place, so
+``multimodal_logits`` rebuilds the batch for every call. Needs CUDA and the Megatron stack; nothing here runs on
+import. Used by omni3-lora-merge's verification and by the lifecycle GPU driver.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+IMAGE_TOKEN_ID = 18  # the tiny Omni's <image> context token; counted only for the record
+SOUND_TOKEN_ID = 27
+
+
+def multimodal_batch(hf_dir: Path) -> dict[str, Any]:
+    """One fixed example (image + audio + text) collated by the Omni training collator with ``hf_dir``'s processor."""
+    import numpy as np
+    from megatron.bridge.models.nemotron_omni.data.collate_fn import nemotron_omni_collate_fn
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(str(hf_dir), trust_remote_code=True, local_files_only=True)
+    x = np.linspace(0, 255, 96, dtype=np.uint8)
+    pixels = np.stack([np.tile(x, (64, 1)), np.tile(x[::-1], (64, 1)), np.full((64, 96), 128, np.uint8)], axis=-1)
+    tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(16000) / 16000)).astype(np.float32)
+    example = {
+        "conversation": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image", "image": Image.fromarray(pixels)},
+                    {"type": "text", "text": "<|audio_1|>\nDescribe the image and the sound."},
+                ],
+            },
+            {"role": "assistant", "content": "A colour gradient and a steady tone."},
+        ],
+        "audio": {"array": tone, "sampling_rate": 16000},
+    }
+    return nemotron_omni_collate_fn([example], processor)
+
+
+def forward_args(batch: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of the Omni model's forward, on the GPU, as Megatron-Bridge's Omni step builds them."""
+    import torch
+    from megatron.bridge.training.nemotron_omni_step import _build_vision_packed_seq_params, _resolve_images
+
+    def cuda(value: Any) -> Any:
+        return value.cuda() if torch.is_tensor(value) else value
+
+    args: dict[str, Any] = {
+        "images": cuda(_resolve_images(batch)).to(torch.bfloat16),
+        "input_ids": cuda(batch["input_ids"]),
+        "position_ids": cuda(batch["position_ids"]),
+        "attention_mask": None,
+        "labels": None,
+    }
+    if batch.get("sound_clips") is not None:
+        args["sound_clips"] = cuda(batch["sound_clips"]).to(torch.bfloat16)
+        args["sound_length"] = cuda(batch["sound_length"])
+    for key in ("imgs_sizes", "num_frames", "num_image_tiles"):
+        if batch.get(key) is not None:
+            args[key] = cuda(batch[key])
+    packed = _build_vision_packed_seq_params(args.get("imgs_sizes"))
+    if packed is not None:
+        args["vision_packed_seq_params"] = packed
+    return args
+
+
+def multimodal_logits(model: list, hf_dir: Path) -> tuple[Any, dict[str, Any]]:
+    """Float32 logits [batch, tokens, vocab] of ``model`` on the fixed batch (gathered over TP), and batch facts."""
+    import torch
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
+
+    batch = multimodal_batch(hf_dir)
+    with torch.no_grad():
+        output = model[0](**forward_args(batch))
+    if isinstance(output, tuple):
+        output = output[0]
+    if parallel_state.get_tensor_model_parallel_world_size() > 1:
+        output = gather_from_tensor_model_parallel_region(output)
+    ids = batch["input_ids"][0].tolist()
+    facts = {
+        "tokens": len(ids),
+        "image_tokens": ids.count(IMAGE_TOKEN_ID),
+        "sound_tokens": ids.count(SOUND_TOKEN_ID),
+        "logits_shape": list(output.shape),
+    }
+    return output.float(), facts
+
+
+def logit_stats(reference: Any, result: Any) -> dict[str, float]:
+    """Max and mean absolute error, the reference's scale, and how often the top token agrees."""
+    diff = (reference.float() - result.float()).abs()
+    return {
+        "max_abs_err": diff.max().item(),
+        "mean_abs_err": diff.mean().item(),
+        "logit_scale": reference.float().abs().max().item(),
+        "argmax_agreement": (reference.argmax(-1) == result.argmax(-1)).float().mean().item(),
+        "finite": bool(reference.isfinite().all().item() and result.isfinite().all().item()),
+    }

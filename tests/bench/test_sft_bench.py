@@ -1,0 +1,269 @@
+"""CPU tests of the SFT benchmark's pure pieces (tests/bench/sft.py); the GPU run itself is marked gpu."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import yaml
+
+from omni3_sft import model_shape, preflight, stage_config
+from omni3_sft.settings import SftSettings
+
+BENCH_DIR = Path(__file__).resolve().parent
+
+
+def _load(name: str) -> ModuleType:
+    # tests/bench is not a package: load the scripts by path (dataclasses need the module in sys.modules).
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH_DIR / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load("sft")
+
+
+def test_proxy_spec_has_the_published_nemotron_3_nano_layer_shapes() -> None:
+    spec = bench.proxy_spec("MEM*E", 4096)
+    # Values from ../shared/docs/upstream-facts.md ("Nemotron 3 Nano LLM shape").
+    assert spec.hidden_size == 2688
+    assert (spec.n_routed_experts, spec.num_experts_per_tok) == (128, 6)
+    assert spec.moe_intermediate_size == 1856
+    assert spec.moe_shared_expert_intermediate_size == 3712
+    assert (spec.mamba_num_heads, spec.mamba_head_dim, spec.n_groups, spec.ssm_state_size) == (64, 64, 8, 128)
+    assert (spec.num_attention_heads, spec.num_key_value_heads, spec.head_dim) == (32, 2, 128)
+    assert spec.vocab_size == 131072
+    assert spec.hybrid_override_pattern == "MEM*E"
+    assert spec.projector_hidden_size == 20480
+    llm = spec.llm_config()
+    assert llm["conv_kernel"] == 4 and llm["mlp_hidden_act"] == "relu2" and llm["torch_dtype"] == "bfloat16"
+
+
+def test_proxy_shape_is_what_omni3_sft_reads_from_its_config() -> None:
+    shape = bench.proxy_shape("MEM*E", 4096)
+    assert shape.llm.hybrid_override_pattern == "MEM*E"
+    assert (shape.llm.count("mamba"), shape.llm.count("moe"), shape.llm.count("attention")) == (2, 2, 1)
+    # One MoE layer: 128 experts x (up + down) of 2688 x 1856.
+    assert model_shape.llm_layer_params(shape.llm)["moe_experts"] == 128 * 2 * 2688 * 1856
+    assert shape.remote_code
+
+
+@pytest.mark.parametrize("layers", ["", "M-E", "MMM*", "MEMx"])
+def test_bad_layer_patterns_are_refused(layers: str) -> None:
+    with pytest.raises(ValueError, match="--layers"):
+        bench.check_layers(layers)
+
+
+def test_layer_slug_is_path_safe() -> None:
+    assert bench.layers_slug("MEM*E") == "MEMAE"
+
+
+def test_default_proxy_fits_one_80gb_card_and_a_larger_one_does_not() -> None:
+    workload = bench.Workload(bench.DEFAULT_LAYERS, 1, 4096, 4, 8, 30, 5)
+    document = bench.stage_document(Path("/data/receipts"), Path("/data/megatron"))
+    fits = bench.memory_estimate(workload, bench.proxy_shape(bench.DEFAULT_LAYERS, 4096), document)
+    assert fits["per_gpu_gb"] < bench.CARD_GB and "warning" not in fits
+    big = bench.Workload("MEMEMEM*E", 1, 4096, 4, 8, 30, 5)
+    too_big = bench.memory_estimate(big, bench.proxy_shape("MEMEMEM*E", 4096), document)
+    assert "warning" in too_big
+    # EP4 splits the experts, so the same big proxy fits on 4 GPUs.
+    assert "warning" not in bench.memory_estimate(big.on(4), bench.proxy_shape("MEMEMEM*E", 4096), document)
+
+
+def test_generated_stage_yaml_validates_and_resolves_like_omni3_sft(tmp_path: Path) -> None:
+    dataset, megatron = tmp_path / "receipts", tmp_path / "megatron"
+    path = tmp_path / "bench_proxy.yaml"
+    path.write_text(bench.stage_yaml(dataset, megatron))
+    document = stage_config.read_variant(path)
+    workload = bench.Workload("MEM*E", 4, 4096, 4, 8, 30, 5)
+    run_overrides = bench.overrides(workload)
+    parsed = stage_config.validate(stage_config.apply_overrides(document, tuple(run_overrides)), str(path))
+    settings = SftSettings(run_dir=tmp_path / "run", trust_remote_code=True)
+    resolved = stage_config.interpolate(parsed, settings)
+    assert resolved["recipe"] == "nemotron_omni_cord_v2_sft_config"
+    assert resolved["dataset"] == {"path": str(dataset), "modality_filter": None, "format": "energon"}
+    assert resolved["model"]["expert_model_parallel_size"] == 4
+    assert resolved["model"]["tensor_model_parallel_size"] == 1
+    assert resolved["model"]["seq_length"] == 4096
+    assert resolved["model"]["freeze_language_model"] is False
+    assert resolved["train"] == {"train_iters": 30, "global_batch_size": 128, "micro_batch_size": 4, "log_interval": 1}
+    assert resolved["checkpoint"]["pretrained_checkpoint"] == str(megatron)
+    assert resolved["checkpoint"]["save"] == str(tmp_path / "run" / "checkpoints")
+    # The layout and batch pass omni3-sft's own checks at 4 GPUs.
+    report = preflight.check(resolved, bench.proxy_shape("MEM*E", 4096), preflight.WorldSize(4, "test"), 80)
+    assert report.problems == []
+
+
+def test_per_gpu_work_is_held_equal_across_gpu_counts() -> None:
+    one = bench.Workload("MEM*E", 1, 4096, 4, 8, 30, 5)
+    four = one.on(4)
+    assert (one.global_batch, four.global_batch) == (32, 128)
+    assert four.global_batch // (four.micro_batch * four.gpus) == one.global_batch // one.micro_batch == 8
+    assert (one.expert_parallel, four.expert_parallel) == (1, 4)
+
+
+def _records(n: int, gpus: int = 1, tokens: int = 1000, seconds: float = 0.5, flops: float = 2e14) -> list[dict]:
+    return [
+        {"iteration": i, "tokens": tokens, "seconds": seconds, "gpus": gpus, "flops": flops, "sequences": 4}
+        for i in range(1, n + 1)
+    ]
+
+
+def test_throughput_skips_warmup_and_sums_the_rest() -> None:
+    records = _records(10)
+    records[0]["seconds"] = 30.0  # a slow first step must not count
+    result = bench.throughput(records, warmup=2)
+    assert result.steps == 8
+    assert result.tokens == 8000 and result.seconds == pytest.approx(4.0)
+    assert result.tokens_per_s_per_gpu == pytest.approx(2000.0)
+    assert result.tflops_per_gpu == pytest.approx(400.0)
+    assert result.as_dict()["positions_per_sequence"] == 250.0
+
+
+def test_throughput_of_omni3_metrics_lines() -> None:
+    # omni3's StepMetrics records carry the same keys (no sequences): the reader takes them as they are.
+    from omni3_sft.run_outputs import StepMetrics
+
+    lines = [StepMetrics(i, 2.0, 1e-5, 4096, 0.25, 4, 1e15).record() for i in range(1, 7)]
+    result = bench.throughput(lines, warmup=1)
+    assert result.gpus == 4 and result.steps == 5
+    assert result.tokens_per_s_per_gpu == pytest.approx(4096 / 0.25 / 4)
+    assert result.tflops_per_gpu == pytest.approx(1e15 / 0.25 / 4 / 1e12)
+
+
+def test_throughput_refuses_runs_too_short_to_measure() -> None:
+    with pytest.raises(ValueError, match="warm-up"):
+        bench.throughput(_records(3), warmup=5)
+
+
+def test_mfu_overhead_and_scaling_arithmetic() -> None:
+    assert bench.matmul_tflops(8192, 1.1e-3) == pytest.approx(2 * 8192**3 / 1.1e-3 / 1e12)
+    assert bench.mfu(280.0, 800.0) == pytest.approx(0.35)
+    assert bench.overhead(9800.0, 10000.0) == pytest.approx(0.02)
+    assert bench.overhead(10100.0, 10000.0) == pytest.approx(-0.01)
+    assert bench.scaling_efficiency(8500.0, 10000.0) == pytest.approx(0.85)
+    assert math.isnan(bench.overhead(1.0, 0.0)) and math.isnan(bench.mfu(1.0, 0.0))
+
+
+def test_derive_and_targets_for_one_gpu() -> None:
+    omni3 = bench.throughput(_records(10, tokens=9900), 2)
+    direct = bench.throughput(_records(10, tokens=10000), 2)
+    results = bench.derive({"omni3": omni3, "direct": direct}, peak_tflops=1000.0)
+    assert results["overhead"] == pytest.approx(0.01)
+    assert results["mfu"] == pytest.approx(0.4)
+    met = {t.name: t.met for t in bench.targets(results, gpus=1)}
+    assert met == {"omni3 overhead vs direct": True, "MFU (1-GPU proxy, omni3)": True}
+
+
+def test_targets_not_measured_when_a_run_failed() -> None:
+    results = bench.derive({"omni3": None, "direct": None, "omni3-1gpu": None}, peak_tflops=None)
+    assert results == {}
+    assert all(t.met is None for t in bench.targets(results, gpus=4))
+
+
+def test_scaling_target_for_four_gpus() -> None:
+    single = bench.throughput(_records(10, tokens=1000), 2)
+    multi = bench.throughput(_records(10, gpus=4, tokens=3200), 2)  # 800 tokens/s/GPU-units vs 1000
+    results = bench.derive({"omni3": multi, "omni3-1gpu": single}, peak_tflops=1000.0)
+    assert results["scaling"] == pytest.approx(0.8)
+    met = {t.name: t.met for t in bench.targets(results, gpus=4)}
+    assert met["scaling efficiency (4 GPU EP4 vs 1 GPU)"] is False
+
+
+def _summary(tmp_path: Path, failed: bool) -> dict:
+    workload = bench.Workload("MEM*E", 1, 4096, 4, 8, 30, 5)
+    ok = bench.Phase("peak", ["python"], str(tmp_path / "peak.log"), 60, status="ok", returncode=0, seconds=12.0)
+    phases = [ok]
+    runs = {"omni3": bench.throughput(_records(10, tokens=9900), 5), "direct": None}
+    if failed:
+        phases.append(
+            bench.Phase("direct", ["torchrun"], str(tmp_path / "direct.log"), 600, "failed", 1, 40.0, "exit 1; OOM")
+        )
+    else:
+        runs["direct"] = bench.throughput(_records(10, tokens=10000), 5)
+    peak = {"peak_tflops": 750.0, "n": 8192, "device": "NVIDIA H100 80GB HBM3"}
+    machine = {"host": "h", "cpus": 16, "gpus": ["NVIDIA H100 80GB HBM3, 81559 MiB, 570.1"]}
+    return bench.build_summary(workload, "python tests/bench/sft.py --gpus 1", machine, phases, runs, peak, {})
+
+
+def test_summary_and_markdown(tmp_path: Path) -> None:
+    summary = _summary(tmp_path, failed=False)
+    json.dumps(summary)  # the summary is plain JSON
+    assert summary["results"]["overhead"] == pytest.approx(0.01)
+    text = bench.render_markdown(summary)
+    assert "NVIDIA H100 80GB HBM3" in text
+    assert "| omni3 overhead vs direct | 1.0% | < 0.02 | yes |" in text
+    assert "| MFU (1-GPU proxy, omni3) |" in text
+    assert "`python tests/bench/sft.py --gpus 1`" in text
+    assert "padding" in text  # the note on what tokens/s counts
+
+
+def test_markdown_reports_a_failed_phase(tmp_path: Path) -> None:
+    text = bench.render_markdown(_summary(tmp_path, failed=True))
+    assert "**direct: failed**" in text and "OOM" in text
+    assert "| omni3 overhead vs direct | n/a | < 0.02 | not measured |" in text
+    assert "| direct | | n/a | n/a | n/a | n/a |" in text
+
+
+def test_run_phase_logs_and_survives_failure_and_timeout(tmp_path: Path) -> None:
+    env = dict(os.environ)
+    good = bench.Phase("good", [sys.executable, "-c", "print('hello')"], str(tmp_path / "good.log"), 60)
+    assert bench.run_phase(good, env, tmp_path).status == "ok"
+    assert "hello" in (tmp_path / "good.log").read_text()
+    bad = bench.Phase("bad", [sys.executable, "-c", "raise SystemExit(3)"], str(tmp_path / "bad.log"), 60)
+    assert bench.run_phase(bad, env, tmp_path).status == "failed" and bad.returncode == 3
+    slow = bench.Phase("slow", [sys.executable, "-c", "import time; time.sleep(60)"], str(tmp_path / "slow.log"), 1)
+    assert bench.run_phase(slow, env, tmp_path).status == "timeout"
+    assert slow.seconds is not None and slow.seconds < 30
+
+
+def test_cli_refuses_a_bad_pattern() -> None:
+    result = subprocess.run(
+        [sys.executable, str(BENCH_DIR / "sft.py"), "--dataset", "x", "--work", "y", "--layers", "M-E"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "--layers" in result.stderr
+
+
+@pytest.mark.gpu
+def test_bench_runs_on_one_gpu(tmp_path: Path) -> None:
+    """The whole bench on one GPU (needs OMNI3_BENCH_DATASET: an Energon receipts dataset)."""
+    dataset = os.environ.get("OMNI3_BENCH_DATASET")
+    if not dataset:
+        pytest.skip("OMNI3_BENCH_DATASET is unset")
+    code = bench.main(["--gpus", "1", "--dataset", dataset, "--work", str(tmp_path), "--iters", "8", "--warmup", "2"])
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert code == 0, [p for p in summary["phases"] if p["status"] != "ok"]
+    assert summary["runs"]["omni3"]["tokens_per_s_per_gpu"] > 0
+
+
+def test_stage_yaml_is_plain_yaml(tmp_path: Path) -> None:
+    document = yaml.safe_load(bench.stage_yaml(tmp_path / "d", tmp_path / "m"))
+    assert document["model"]["freeze_vision_model"] is True
+    assert document["dataset"]["format"] == "energon"
+
+
+def test_direct_driver_resolves_the_same_config_as_omni3_sft(tmp_path: Path) -> None:
+    direct = _load("sft_direct")
+    path = tmp_path / "bench_proxy.yaml"
+    path.write_text(bench.stage_yaml(tmp_path / "receipts", tmp_path / "megatron"))
+    run_overrides = bench.overrides(bench.Workload("M*E", 1, 4096, 4, 8, 30, 5))
+    args = direct.parse_args(
+        ["--config", str(path), "--hf-model", str(tmp_path / "hf"), "--megatron-checkpoint", str(tmp_path / "megatron"),
+         "--run-dir", str(tmp_path / "run"), "--metrics", str(tmp_path / "m.jsonl"), *run_overrides]
+    )  # fmt: skip
+    settings = SftSettings(megatron_checkpoint=tmp_path / "megatron", run_dir=tmp_path / "run", trust_remote_code=True)
+    assert direct.resolve(args) == bench.resolve(stage_config.read_variant(path), run_overrides, settings)
+    assert direct.data_parallel(direct.resolve(args)) == 1

@@ -1,0 +1,138 @@
+"""What omni3-sft does to samples and batches on their way into Megatron-Bridge's Omni forward step.
+
+- ``keep_only``: the stage config's ``dataset.modality_filter``. A sample without the wanted modality is
+  skipped; from the others every other medium is removed, with its placeholder in the conversation, so the
+  model trains on that modality and text alone (``audio_text``: the sound of a clip, never its frames).
+- ``BatchStats``: tokens and modalities of the batches the forward step draws, for the metrics (tokens/s,
+  FLOPs) and for the proof that a filter really filtered.
+
+Pure Python and torch: the CPU tests exercise it without Megatron.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+MODALITIES = ("image", "audio", "video")
+# Where each modality lives on an Energon ChatML sample (megatron-bridge's ChatMLSample fields).
+SAMPLE_FIELDS = {"image": "imgs", "audio": "audio", "video": "videos"}
+
+
+class NoSuchModality(Exception):
+    """The sample lacks the modality the filter keeps; the caller turns this into Energon's SkipSample."""
+
+
+def _present(value: Any) -> bool:
+    if value is None:
+        return False
+    try:
+        return len(value) > 0
+    except TypeError:  # a tensor of zero dimensions, say
+        return True
+
+
+def sample_modalities(sample: Any) -> set[str]:
+    return {name for name, attribute in SAMPLE_FIELDS.items() if _present(getattr(sample, attribute, None))}
+
+
+def _strip_placeholders(conversation: Any, removed: set[str]) -> Any:
+    """The conversation without content items of the removed media types (``{"type": "video"}``)."""
+    document = json.loads(conversation) if isinstance(conversation, (str, bytes)) else conversation
+    turns = document
+    if isinstance(document, dict):
+        key = next((k for k in ("conversations", "messages", "conversation") if k in document), None)
+        turns = document[key] if key else []
+    for turn in turns if isinstance(turns, list) else []:
+        content = turn.get("content") if isinstance(turn, dict) else None
+        if isinstance(content, list):
+            turn["content"] = [
+                item for item in content if not (isinstance(item, Mapping) and item.get("type") in removed)
+            ]
+    return json.dumps(document) if isinstance(conversation, (str, bytes)) else document
+
+
+def keep_only(sample: Any, modality: str) -> Any:
+    """``sample`` with only ``modality`` left among its media (the same object, changed in place).
+
+    Raises:
+        NoSuchModality: the sample has no ``modality``.
+    """
+    if modality not in SAMPLE_FIELDS:
+        raise ValueError(f"unknown modality {modality!r}; one of {', '.join(MODALITIES)}")
+    present = sample_modalities(sample)
+    if modality not in present:
+        raise NoSuchModality(f"sample {getattr(sample, '__key__', '?')} has no {modality}")
+    removed = present - {modality}
+    for name in removed:
+        setattr(sample, SAMPLE_FIELDS[name], None)
+    if removed:
+        sample.conversation = _strip_placeholders(sample.conversation, removed)
+    return sample
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Counting what the forward step draws
+
+
+@dataclass
+class BatchStats:
+    """Totals since the last ``take()``: micro-batches, token positions, their sequence lengths, modalities."""
+
+    micro_batches: int = 0
+    tokens: int = 0
+    sequence_lengths: list[int] = field(default_factory=list)
+    with_modality: dict[str, int] = field(default_factory=lambda: dict.fromkeys(MODALITIES, 0))
+
+    def add(self, batch: Mapping[str, Any]) -> None:
+        ids = batch.get("tokens") if batch.get("tokens") is not None else batch.get("input_ids")
+        if ids is None:
+            return
+        rows, length = (1, int(ids.shape[-1])) if ids.dim() == 1 else (int(ids.shape[0]), int(ids.shape[1]))
+        self.micro_batches += 1
+        self.tokens += rows * length
+        self.sequence_lengths.extend([length] * rows)
+        for modality in batch_modalities(batch):
+            self.with_modality[modality] += 1
+
+    def take(self) -> BatchStats:
+        """The totals so far; the counters start again from zero."""
+        taken = BatchStats(self.micro_batches, self.tokens, self.sequence_lengths, self.with_modality)
+        self.micro_batches, self.tokens, self.sequence_lengths = 0, 0, []
+        self.with_modality = dict.fromkeys(MODALITIES, 0)
+        return taken
+
+
+def _nonempty(value: Any) -> bool:
+    return value is not None and getattr(value, "numel", lambda: 1)() > 0
+
+
+def batch_modalities(batch: Mapping[str, Any]) -> set[str]:
+    """Modalities a collated Omni batch carries: pixels (image, or video when frames are counted), sound clips."""
+    found = set()
+    visual = batch.get("visual_inputs")
+    pixels = getattr(visual, "pixel_values", None) if visual is not None else batch.get("pixel_values")
+    if _nonempty(pixels):
+        found.add("video" if _nonempty(batch.get("num_frames")) else "image")
+    if _nonempty(batch.get("sound_clips")):
+        found.add("audio")
+    return found
+
+
+class CountingIterator(Iterator[Any]):
+    """Passes batches through unchanged, adding each to ``stats``."""
+
+    def __init__(self, batches: Iterator[Any], stats: BatchStats) -> None:
+        self._batches = batches  # not iter(): Megatron's data iterator wrappers define only __next__
+        self.stats = stats
+
+    def __iter__(self) -> CountingIterator:
+        return self
+
+    def __next__(self) -> Any:
+        batch = next(self._batches)
+        if isinstance(batch, Mapping):
+            self.stats.add(batch)
+        return batch

@@ -1,0 +1,137 @@
+"""The modality filter, the batch counters and the per-interval recorder of a training run (CPU)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from omni3_sft import batches, model_shape, run_outputs
+from omni3_sft.train import Recorder, data_parallel_size, layout_name, peft_entry
+
+
+@dataclass
+class ChatSample:
+    """The fields of Megatron-Bridge's Energon ChatMLSample that the filter reads."""
+
+    __key__: str
+    conversation: str
+    imgs: Any = None
+    videos: Any = None
+    audio: Any = None
+
+
+def clip_sample() -> ChatSample:
+    conversation = [
+        {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "Is the tone high or low?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "high"}]},
+    ]
+    return ChatSample(
+        "clip-000001", json.dumps(conversation), videos=[[torch.zeros(3, 8, 8)]], audio=torch.zeros(16000)
+    )
+
+
+def test_audio_filter_drops_the_video_and_its_placeholder() -> None:
+    sample = batches.keep_only(clip_sample(), "audio")
+    assert sample.videos is None and sample.audio is not None
+    turns = json.loads(sample.conversation)
+    assert turns[0]["content"] == [{"type": "text", "text": "Is the tone high or low?"}]
+    assert turns[1]["content"] == [{"type": "text", "text": "high"}]
+    assert batches.sample_modalities(sample) == {"audio"}
+
+
+def test_video_filter_keeps_the_frames_and_drops_the_sound() -> None:
+    sample = batches.keep_only(clip_sample(), "video")
+    assert sample.audio is None and sample.videos is not None
+    assert json.loads(sample.conversation)[0]["content"][0] == {"type": "video"}
+
+
+def test_a_sample_without_the_modality_is_skipped() -> None:
+    receipt = ChatSample("receipt-000001", json.dumps([{"role": "user", "content": "<image>"}]), imgs=[torch.zeros(3)])
+    with pytest.raises(batches.NoSuchModality, match="receipt-000001 has no audio"):
+        batches.keep_only(receipt, "audio")
+    silent = clip_sample()
+    silent.audio = torch.zeros(0)  # an empty waveform is no audio
+    with pytest.raises(batches.NoSuchModality):
+        batches.keep_only(silent, "audio")
+
+
+def test_wrapped_conversations_keep_their_wrapper() -> None:
+    sample = clip_sample()
+    sample.conversation = json.dumps({"messages": json.loads(sample.conversation), "tools": []})
+    document = json.loads(batches.keep_only(sample, "audio").conversation)
+    assert document["tools"] == [] and document["messages"][0]["content"][0]["type"] == "text"
+
+
+def test_unknown_modality_is_a_programming_error() -> None:
+    with pytest.raises(ValueError, match="unknown modality"):
+        batches.keep_only(clip_sample(), "smell")
+
+
+def test_batch_stats_count_tokens_rows_and_modalities() -> None:
+    stats = batches.BatchStats()
+    iterator = batches.CountingIterator(
+        iter(
+            [
+                {"input_ids": torch.zeros(2, 256, dtype=torch.long), "pixel_values": torch.zeros(2, 3, 16, 16)},
+                {"tokens": torch.zeros(1, 128, dtype=torch.long), "sound_clips": torch.zeros(1, 10, 128)},
+                {"input_ids": torch.zeros(1, 64), "pixel_values": torch.zeros(4, 3), "num_frames": torch.tensor([4])},
+            ]
+        ),
+        stats,
+    )
+    assert len(list(iterator)) == 3
+    taken = stats.take()
+    assert (taken.micro_batches, taken.tokens) == (3, 2 * 256 + 128 + 64)
+    assert taken.sequence_lengths == [256, 256, 128, 64]
+    assert taken.with_modality == {"image": 1, "audio": 1, "video": 1}
+    assert stats.take().tokens == 0  # counting starts again
+
+
+def test_empty_media_tensors_are_not_a_modality() -> None:
+    batch = {"input_ids": torch.zeros(1, 8), "pixel_values": torch.zeros(0), "sound_clips": None}
+    assert batches.batch_modalities(batch) == set()
+
+
+def test_recorder_writes_one_record_per_interval_with_data_parallel_totals(
+    tmp_path: Path, write_hf_config: Callable[..., Path]
+) -> None:
+    llm = model_shape.read_model_shape(write_hf_config(tmp_path / "hf")).llm
+    with run_outputs.MetricsWriter(tmp_path / "metrics.jsonl") as writer:
+        recorder = Recorder(writer, llm, train_iters=5, interval=2, gpus=4, data_parallel=2)
+        recorder.start(1)
+        for iteration in range(1, 6):
+            recorder.stats.add({"input_ids": torch.zeros(1, 128)})
+            recorder.step_end(iteration, loss=float(10 - iteration), grad_norm=1.0, lr=1e-4)
+    records = run_outputs.read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["iteration"] for r in records] == [2, 4, 5]  # every 2 iterations and the last one
+    assert [r["loss"] for r in records] == [8.5, 6.5, 5.0]  # the interval's mean
+    assert records[0]["tokens"] == 2 * 128 * 2  # two steps of 128 tokens, times two data-parallel ranks
+    assert records[0]["flops"] == model_shape.training_flops(llm, [128, 128]) * 2
+    assert records[0]["gpus"] == 4 and records[0]["grad_norm"] == 1.0
+    assert recorder.last_iteration == 5
+
+
+def test_layout_names_and_peft_entry() -> None:
+    model = {
+        "tensor_model_parallel_size": 2,
+        "expert_model_parallel_size": 4,
+        "pipeline_model_parallel_size": 1,
+        "context_parallel_size": 1,
+    }
+    assert layout_name({"model": model}) == "TP2 x EP4 x PP1"
+    assert data_parallel_size(8, {"model": model}) == 4
+    assert peft_entry({"peft": None}) is None
+    peft = {"scheme": "lora", "target_modules": ["linear_qkv"], "dim": 8, "alpha": 16, "dropout": 0.0}
+    assert peft_entry({"peft": peft}) == {
+        "type": "lora",
+        "target_modules": ["linear_qkv"],
+        "dim": 8,
+        "alpha": 16,
+        "dropout": 0.0,
+    }
