@@ -8,26 +8,11 @@
 set -uo pipefail
 OUT=${OUT:-$PWD/bench-sft-out}; mkdir -p "$OUT"
 WORK=${BENCH_WORK:-/tmp/omni3-bench-sft}; mkdir -p "$WORK"
-export PYTHONPATH="$PWD/shared/src:$PWD/tools/sft/src:$PWD/tools/import/src:$PWD/tools/prep/src${PYTHONPATH:+:$PYTHONPATH}"
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1  # the machines have no network; nothing may reach for the hub
+source ci/gpu/common.sh
 
 echo "== sft bench on $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) x $(nvidia-smi -L | wc -l) ($(date -u +%H:%M:%S))"
 df -h "$WORK" | tail -1
-python3 - <<'PY' || exit 2
-import importlib.util
-import sys
-
-missing = []
-for module in ("fire", "pydantic_settings", "yaml", "torch", "megatron.bridge", "omni3_sft", "omni3_import"):
-    try:
-        found = importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        found = False
-    if not found:
-        missing.append(module)
-if missing:
-    sys.exit(f"run-bench-sft.sh: missing {', '.join(missing)}: source /tmp/omni3-gpu/env.sh after the kit's setup")
-PY
+require_modules run-bench-sft.sh fire pydantic_settings yaml torch megatron.bridge omni3_sft omni3_import
 record=(--record "$OUT/records")
 for arg in "$@"; do [[ $arg == --record* ]] && record=(); done
 python3 tests/bench/sft.py --work "$WORK" --out "$OUT" "${record[@]}" "$@" 2>&1 | tee "$OUT/bench-sft.log"
