@@ -49,23 +49,14 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
         target = root / "datasets" / name
         if not target.exists():
             shutil.copytree(Path(data) / "datasets" / name, target)
-    hf = root / "models" / "tiny_omni_hf"
-    if not hf.exists():
-        from omni3_import.tiny_model import build_tiny_omni
-
-        log("building the tiny Omni (vision omitted: the bridge initialises the tower)")
-        build_tiny_omni(hf, vision="omit")
+    if not (root / "models" / "tiny_omni_hf" / "omni3-manifest.json").exists():
+        log("writing the tiny Omni with omni3-import tiny (vision omitted: the bridge initialises the tower)")
+        result = tool(root, "omni3_import", "tiny", "--output", "models/tiny_omni_hf", "--vision", "omit")
+        assert result.returncode == 0, result.stderr[-3000:]
     if not (root / "checkpoints" / "tiny_omni" / "omni3-manifest.json").exists():
-        log("importing it with omni3-import")
-        result = tool(
-            root,
-            "omni3_import",
-            "--hf-model",
-            "models/tiny_omni_hf",
-            "--megatron-path",
-            "checkpoints/tiny_omni",
-            "--trust-remote-code",
-        )
+        log("importing it with omni3-import (the tiny model's own code needs no --trust-remote-code)")
+        args = ("--hf-model", "models/tiny_omni_hf", "--megatron-path", "checkpoints/tiny_omni")
+        result = tool(root, "omni3_import", *args)
         assert result.returncode == 0, result.stderr[-3000:]
     return root
 

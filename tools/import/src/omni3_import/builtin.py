@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
-from omni3_import.tiny_model import BUILTIN_NAME, TINY_RECORD, build_tiny_omni
+from omni3_import.tiny_model import BUILTIN_NAME, TINY_RECORD, build_tiny_omni, remote
+from omni3_import.tiny_model.build import REMOTE_FILES
 
 CACHE_ENV = "OMNI3_CACHE_DIR"
 
@@ -51,3 +54,41 @@ def resolve_hf_model(name: str, seed: int = 0, vision: str = "full") -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def ships_only_builtin_code(path: Path) -> bool:
+    """True when the only code ``path`` can make transformers run is the tiny model's own, byte for byte.
+
+    That is a directory written by ``omni3-import tiny`` (or a copy of it): it needs no --trust-remote-code,
+    just as ``--hf-model tiny`` does not. Any edited or extra Python file, or an auto_map entry naming code in
+    another repository ("org/repo--module.Class"), makes it an ordinary checkpoint that needs the opt-in.
+    """
+    path = Path(path)
+    own_dir = Path(remote.__file__).parent
+    python_files = sorted(path.rglob("*.py"))
+    if not python_files:
+        return False  # nothing of ours: the ordinary remote-code check decides
+    for file in python_files:
+        if file.parent != path or file.name not in REMOTE_FILES:
+            return False
+        if file.read_bytes() != (own_dir / file.name).read_bytes():
+            return False
+    for config_file in path.glob("*.json"):
+        try:
+            document = json.loads(config_file.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return False
+        if isinstance(document, dict) and any("--" in ref for ref in _strings(document.get("auto_map"))):
+            return False
+    return True
+
+
+def _strings(value: Any) -> list[str]:
+    """Every string inside an auto_map value (a name, a [slow, fast] pair, or a mapping of them)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [text for item in value.values() for text in _strings(item)]
+    if isinstance(value, list):
+        return [text for item in value for text in _strings(item)]
+    return []
