@@ -97,6 +97,7 @@ def same_work(kind: str, samples: int, root: Path) -> int:
     with publish_artifact(root, kind=ArtifactKind.DATASET, tool=info, config={}, inputs=[], resume=True) as staging:
         out_dir = staging.path
         cache = out_dir / CACHE_DIR
+        cache.mkdir(exist_ok=True)  # media the samples share (e.g. a clip's audio) are cached here
         planner = pipeline.Planner(None)
         results: list[ShardResult] = []
         for task in cut_into_shards(planner(source.items), out_dir, SHARD_SIZE):
@@ -185,7 +186,7 @@ def render(rows: list[tuple[str, int, dict[str, float]]], workers: int, repeat: 
     ]
     for kind, samples, best in rows:
         piped, same, plain = best["pipeline"], best["same"], best["plain"]
-        proof = f"+{(same - plain) / plain:.0%} ({same - plain:.1f} s)"
+        proof = f"{(same - plain) / plain:+.0%} ({same - plain:+.1f} s)"
         lines.append(
             f"| {kind} | {samples} | {piped:.1f} | {samples / piped:.1f} | {same:.1f} | **{same / piped:.2f}x** "
             f"| {plain:.1f} | {plain / piped:.2f}x | {proof} |"

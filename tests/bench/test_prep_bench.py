@@ -30,13 +30,14 @@ def _load(name: str) -> ModuleType:
 bench = _load("prep")
 
 
-def test_same_work_baseline_reads_back_and_publishes_every_sample(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("kind", "samples"), [("receipts", 6), ("avqa", 3)])
+def test_same_work_baseline_reads_back_and_publishes_every_sample(tmp_path: Path, kind: str, samples: int) -> None:
     root = tmp_path / "same"
-    verified = bench.same_work("receipts", 6, root)
-    assert verified == 6  # every sample went through Energon's loader and was compared with its facts
+    verified = bench.same_work(kind, samples, root)
+    assert verified == samples  # every sample went through Energon's loader and was compared with its facts
     manifest = json.loads((root / "omni3-manifest.json").read_text())
-    assert manifest["extra"]["readback"]["samples"] == 6
-    assert manifest["extra"]["counts"]["total"]["samples"] == 6
+    assert manifest["extra"]["readback"]["samples"] == samples
+    assert manifest["extra"]["counts"]["total"]["samples"] == samples
     tars = [entry for entry in manifest["files"] if entry["path"].endswith(".tar")]
     assert tars and all(entry["sha256"] for entry in tars)  # the manifest hashed the shards
     assert not (root / ".cache").exists()
@@ -65,9 +66,8 @@ def test_same_work_read_back_catches_a_changed_sample(tmp_path: Path) -> None:
     assert not report.ok and "pixels differ" in report.first_problem()
 
 
-@pytest.mark.parametrize("kind", ["receipts"])
-def test_plain_loop_builds_every_sample(tmp_path: Path, kind: str) -> None:
-    assert bench.plain_loop(kind, 6, tmp_path / "plain") == 6
+def test_plain_loop_builds_every_sample(tmp_path: Path) -> None:
+    assert bench.plain_loop("receipts", 6, tmp_path / "plain") == 6
 
 
 def test_report_judges_the_target_on_the_same_work_ratio() -> None:
