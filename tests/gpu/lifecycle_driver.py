@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tools/import/src"))
 sys.path.insert(0, str(REPO / "shared/src"))
 
-from omni3_shared.omni_logits import forward_args, multimodal_batch  # noqa: E402 (after the path setup)
+from omni3_shared.omni_logits import forward_args, logit_stats, multimodal_batch  # noqa: E402 (after the path setup)
 
 RESULTS: dict[str, Any] = {}
 
@@ -117,16 +117,6 @@ def gather_vocab(logits: torch.Tensor) -> torch.Tensor:
     if ps.get_tensor_model_parallel_world_size() > 1:
         logits = gather_from_tensor_model_parallel_region(logits)
     return logits
-
-
-def logit_stats(reference: torch.Tensor, result: torch.Tensor) -> dict[str, float]:
-    diff = (reference.float() - result.float()).abs()
-    return {
-        "max_abs_err": diff.max().item(),
-        "mean_abs_err": diff.mean().item(),
-        "logit_scale": reference.float().abs().max().item(),
-        "argmax_agreement": (reference.argmax(-1) == result.argmax(-1)).float().mean().item(),
-    }
 
 
 @stage("build")
