@@ -44,7 +44,7 @@ from omni3_prep.shards import (
     ShardResult,
     ShardWriter,
     cut_into_shards,
-    tar_member,
+    encode_record,
     task_fingerprint,
 )
 from omni3_shared.manifest import ArtifactKind, tool_info
@@ -106,20 +106,11 @@ def same_work(kind: str, samples: int, root: Path) -> int:
             writer = ShardWriter(task, task_fingerprint(task))
             for record in task.records:
                 try:
-                    out = materialize(record, cache)
+                    writer.add_sample(*encode_record(record, cache))
                 except BadRecordError as exc:
                     writer.bad.append(BadRecord(record.key, record.origin, exc.reason).as_dict())
-                    continue
-                writer._write(b"".join(tar_member(f"{record.key}.{member}", data) for member, data in out.members))
-                writer.samples.append({"key": record.key, "origin": record.origin, **out.facts})
             results.append(writer.close())
-        shard_names: dict[str, list[str]] = {}
-        for result in results:
-            if result.samples:
-                shard_names.setdefault(result.split, []).append(result.name)
-        modalities = {kind for result in results for kind, number in result.modalities.items() if number}
-        image_exts = sorted({ext for result in results for ext in result.image_exts})
-        mapping = energon_meta.field_map(modalities, image_exts)
+        shard_names, mapping = pipeline.energon_layout(results)
         energon_meta.write_metadata(out_dir, shard_names, mapping, workers=1)
         report = read_back(out_dir, expected=BuildFacts(out_dir / SIDECAR_DIR), workers=0)
         if not report.ok:

@@ -101,6 +101,18 @@ def _clean_stale(staging: Path, keep: set[str]) -> None:
             sidecar.unlink()
 
 
+def energon_layout(results: list[ShardResult]) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """The shards Energon indexes, per split (shards whose records were all bad are left out), and the field map
+    of the modalities and image formats they hold."""
+    shard_names: dict[str, list[str]] = {}
+    for result in results:
+        if result.samples:
+            shard_names.setdefault(result.split, []).append(result.name)
+    modalities = {kind for result in results for kind, number in result.modalities.items() if number}
+    image_exts = sorted({ext for result in results for ext in result.image_exts})
+    return shard_names, energon_meta.field_map(modalities, image_exts)
+
+
 def _counts(results: list[ShardResult]) -> dict[str, dict[str, int]]:
     counts: dict[str, dict[str, int]] = {}
     for result in results:
@@ -163,13 +175,7 @@ def build(source: PlannedSource, options: BuildOptions, inputs: list[InputRef]) 
             )
         else:
             (root / REPORT_IN_DATASET).unlink(missing_ok=True)
-        shard_names: dict[str, list[str]] = {}
-        for result in results:
-            if result.samples:
-                shard_names.setdefault(result.split, []).append(result.name)
-        modalities = {kind for result in results for kind, number in result.modalities.items() if number}
-        image_exts = sorted({ext for result in results for ext in result.image_exts})
-        mapping = energon_meta.field_map(modalities, image_exts)
+        shard_names, mapping = energon_layout(results)
         facts = BuildFacts(root / SIDECAR_DIR)
         if options.finish is not None:
             published = {key for split, names in shard_names.items() for key in facts.keys(split, names)}

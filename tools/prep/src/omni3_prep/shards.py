@@ -120,6 +120,23 @@ def tar_member(name: str, data: bytes) -> bytes:
     return header + data + tarfile.NUL * (-len(data) % tarfile.BLOCKSIZE)
 
 
+def encode_record(record: Record, cache_dir: Path) -> tuple[bytes, dict[str, Any]]:
+    """One record's tar members, ready to append to a shard, and the facts of its sample.
+
+    Raises:
+        BadRecordError: the record cannot be published (a decoder's own error on damaged media included).
+    """
+    try:
+        out = materialize(record, cache_dir)
+    except BadRecordError:
+        raise
+    except Exception as exc:  # a decoder's own error on damaged media is still the record's fault
+        reason = f"unreadable media ({exc.__class__.__name__}: {' '.join(str(exc).split())[:200]})"
+        raise BadRecordError(reason) from exc
+    members = b"".join(tar_member(f"{record.key}.{member}", data) for member, data in out.members)
+    return members, {"key": record.key, "origin": record.origin, **out.facts}
+
+
 def process_chunk(task: ChunkTask) -> ChunkResult:
     """Materialize a few records into a tar fragment (runs in a worker). Bad records are reported, never raised."""
     result = ChunkResult(task.fragment)
@@ -127,16 +144,12 @@ def process_chunk(task: ChunkTask) -> ChunkResult:
     with open(task.fragment, "wb") as fragment:
         for record in task.records:
             try:
-                out = materialize(record, cache_dir)
+                members, sample = encode_record(record, cache_dir)
             except BadRecordError as exc:
                 result.bad.append(BadRecord(record.key, record.origin, exc.reason).as_dict())
                 continue
-            except Exception as exc:  # a decoder's own error on damaged media is still the record's fault
-                reason = f"unreadable media ({exc.__class__.__name__}: {' '.join(str(exc).split())[:200]})"
-                result.bad.append(BadRecord(record.key, record.origin, reason).as_dict())
-                continue
-            fragment.write(b"".join(tar_member(f"{record.key}.{member}", data) for member, data in out.members))
-            result.samples.append({"key": record.key, "origin": record.origin, **out.facts})
+            fragment.write(members)
+            result.samples.append(sample)
     return result
 
 
@@ -209,6 +222,11 @@ class ShardWriter:
         fragment.unlink()
         self.samples.extend(chunk.samples)
         self.bad.extend(chunk.bad)
+
+    def add_sample(self, members: bytes, sample: dict[str, Any]) -> None:
+        """One sample written in this process (``encode_record``'s output), without a fragment in between."""
+        self._write(members)
+        self.samples.append(sample)
 
     def _write(self, data: bytes) -> None:
         self.handle.write(data)

@@ -26,11 +26,15 @@ class NoSuchModality(Exception):
 
 
 def _present(value: Any) -> bool:
+    """A medium is there unless it is missing or empty (a tensor without elements, an empty list)."""
     if value is None:
         return False
+    numel = getattr(value, "numel", None)
+    if callable(numel):
+        return numel() > 0
     try:
         return len(value) > 0
-    except TypeError:  # a tensor of zero dimensions, say
+    except TypeError:
         return True
 
 
@@ -105,18 +109,14 @@ class BatchStats:
         return taken
 
 
-def _nonempty(value: Any) -> bool:
-    return value is not None and getattr(value, "numel", lambda: 1)() > 0
-
-
 def batch_modalities(batch: Mapping[str, Any]) -> set[str]:
     """Modalities a collated Omni batch carries: pixels (image, or video when frames are counted), sound clips."""
     found = set()
     visual = batch.get("visual_inputs")
     pixels = getattr(visual, "pixel_values", None) if visual is not None else batch.get("pixel_values")
-    if _nonempty(pixels):
-        found.add("video" if _nonempty(batch.get("num_frames")) else "image")
-    if _nonempty(batch.get("sound_clips")):
+    if _present(pixels):
+        found.add("video" if _present(batch.get("num_frames")) else "image")
+    if _present(batch.get("sound_clips")):
         found.add("audio")
     return found
 

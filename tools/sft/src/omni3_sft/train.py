@@ -23,11 +23,11 @@ from typing import Any
 
 from omni3_sft import __version__, batches, checkpoints, model_shape, recipe, run_outputs
 from omni3_sft.batches import BatchStats, CountingIterator
+from omni3_sft.cli import TOOL
 from omni3_shared.errors import ToolFailure
 from omni3_shared.manifest import ArtifactKind, Hashing, InputRef, tool_info
 from omni3_shared.publish import publish_artifact, staging_path
 
-TOOL = "omni3-sft"
 PACKAGES = ("megatron-bridge", "megatron-core", "megatron-energon", "transformer-engine", "transformers", "torch")
 # Checkpoints are large: their files carry sizes in the manifest, the small files a sha256 too.
 HASHING = Hashing(mode="lazy", lazy_threshold_bytes=64 * 1024 * 1024)
