@@ -32,7 +32,10 @@ class SftCommands(ToolCommands):
     section.field=value overrides, e.g. `omni3-sft --config tiny train.train_iters=20`. Before any GPU work
     it checks the config, the dataset and checkpoint artifacts and the run directory, the parallel layout
     against the model and the world size, and estimates the memory per GPU; --dry-run prints the resolved
-    config, those checks and the Megatron-Bridge settings it would apply, and stops.
+    config, those checks and the Megatron-Bridge settings it would apply, and stops. Without it the run
+    trains with Megatron-Bridge (GPU machines; elsewhere exit 2), prints a progress line per log interval and
+    publishes the run directory (checkpoints, metrics.jsonl, plot, report, manifest) when the last iteration is
+    saved; after SIGTERM (which saves first), SIGKILL or a crash, the same command resumes.
     """
 
     _settings_cls = SftSettings
