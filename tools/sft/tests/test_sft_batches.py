@@ -93,6 +93,34 @@ def test_batch_stats_count_tokens_rows_and_modalities() -> None:
     assert stats.take().tokens == 0  # counting starts again
 
 
+def test_batches_as_megatron_bridge_collates_them() -> None:
+    """Shapes seen from Megatron-Bridge's Omni task encoder on omni3-prep's synthetic receipts and clips."""
+    receipts = {
+        "input_ids": torch.zeros(2, 465, dtype=torch.long),
+        "pixel_values": torch.zeros(1, 384, 768),
+        "imgs_sizes": torch.tensor([[192, 256], [192, 256]]),
+        "num_frames": torch.tensor([1, 1]),  # still images carry one frame each
+        "num_image_tiles": torch.tensor([48, 48]),
+    }
+    clips = {
+        "input_ids": torch.zeros(2, 129, dtype=torch.long),
+        "pixel_values": torch.zeros(1, 4096, 768),
+        "imgs_sizes": torch.tensor([[512, 512]] * 4),
+        "num_frames": torch.tensor([2, 2]),  # one tubelet of two frames per clip
+        "sound_clips": torch.zeros(2, 205, 128),
+    }
+    assert batches.batch_modalities(receipts) == {"image"}
+    assert batches.batch_modalities(clips) == {"video", "audio"}
+    # Each placeholder becomes (h/32)(w/32) embeddings, a tubelet's two frames one set: 48 - 1 and 256 - 1 more.
+    assert batches.visual_expansion(receipts) == 2 * 47
+    assert batches.visual_expansion(clips) == 2 * 255
+    stats = batches.BatchStats()
+    stats.add(receipts)
+    stats.add(clips)
+    assert stats.sequence_lengths == [465 + 47, 465 + 47, 129 + 255, 129 + 255]
+    assert stats.tokens == sum(stats.sequence_lengths)
+
+
 def test_empty_media_tensors_are_not_a_modality() -> None:
     batch = {"input_ids": torch.zeros(1, 8), "pixel_values": torch.zeros(0), "sound_clips": None}
     assert batches.batch_modalities(batch) == set()

@@ -177,7 +177,7 @@ def test_variant_chosen_through_the_environment(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("OMNI3_CONFIG", "tiny")
     plan = dry_run(capsys)
     assert plan["settings"]["run_dir"] == "runs/tiny"
-    assert plan["config"]["model"]["seq_length"] == 512
+    assert plan["config"]["model"]["seq_length"] == 1024
 
 
 def test_relative_paths_resolve_under_storage_root(

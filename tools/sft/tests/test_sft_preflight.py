@@ -201,7 +201,7 @@ def test_unknown_world_assumes_the_fewest_gpus() -> None:
 
 def test_activations_grow_with_sequence_and_shrink_with_tp() -> None:
     base = preflight.activation_bytes(resolved("tiny"), NANO, Layout())
-    assert preflight.activation_bytes(resolved("tiny", "model.seq_length=1024"), NANO, Layout()) == pytest.approx(
+    assert preflight.activation_bytes(resolved("tiny", "model.seq_length=2048"), NANO, Layout()) == pytest.approx(
         2 * base
     )
     assert preflight.activation_bytes(resolved("tiny"), NANO, Layout(tp=2)) == pytest.approx(base / 2)

@@ -190,7 +190,7 @@ def test_cord_recipe_on_energon_builds_an_energon_config() -> None:
     assert dataset.target == "megatron.bridge.data.builders:EnergonDatasetConfig"
     assert (dataset.kwargs["path"], dataset.kwargs["seq_length"], dataset.kwargs["micro_batch_size"]) == (
         "/datasets/synth",
-        512,
+        1024,
         1,
     )
     encoder = dataset.kwargs["task_encoder"]

@@ -80,7 +80,7 @@ def test_default_keeps_the_upstream_layout() -> None:
 
 def test_tiny_fits_one_gpu_and_brings_its_own_settings() -> None:
     config = load("tiny")
-    assert layout(config) == dict(tp=1, ep=1, etp=1, seq=512, iters=10, gbs=1, mbs=1)
+    assert layout(config) == dict(tp=1, ep=1, etp=1, seq=1024, iters=10, gbs=1, mbs=1)
     assert config.model.freeze_language_model is True
     assert config.settings["megatron_checkpoint"] == "checkpoints/tiny_omni"
     assert config.settings["cord_v2_path"] == "datasets/synth_receipts"
@@ -137,7 +137,7 @@ def test_overrides_leave_the_document_untouched() -> None:
     document = stage_config.read_variant(STAGE_DIR / "tiny.yaml")
     stage_config.apply_overrides(document, ("train.train_iters=20", "model.seq_length=64"))
     assert document["train"]["train_iters"] == 10
-    assert document["model"]["seq_length"] == 512
+    assert document["model"]["seq_length"] == 1024
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,10 @@ from typing import Any
 MODALITIES = ("image", "audio", "video")
 # Where each modality lives on an Energon ChatML sample (megatron-bridge's ChatMLSample fields).
 SAMPLE_FIELDS = {"image": "imgs", "audio": "audio", "video": "videos"}
+# Nemotron Omni's RADIO tower: 16x16-pixel patches, then a 2x2 pixel shuffle, so one embedding per 32x32 pixels;
+# the temporal video embedder fuses two consecutive frames into one.
+VISION_PIXELS_PER_TOKEN = (16 * 2) ** 2
+VIDEO_TEMPORAL_PATCH = 2
 
 
 class NoSuchModality(Exception):
@@ -94,10 +98,13 @@ class BatchStats:
         ids = batch.get("tokens") if batch.get("tokens") is not None else batch.get("input_ids")
         if ids is None:
             return
-        rows, length = (1, int(ids.shape[-1])) if ids.dim() == 1 else (int(ids.shape[0]), int(ids.shape[1]))
+        rows, width = (1, int(ids.shape[-1])) if ids.dim() == 1 else (int(ids.shape[0]), int(ids.shape[1]))
+        # The model's sequence: each row's compact width plus its share of the image-placeholder expansion.
+        extra, remainder = divmod(visual_expansion(batch), rows)
+        lengths = [width + extra + (1 if row < remainder else 0) for row in range(rows)]
         self.micro_batches += 1
-        self.tokens += rows * length
-        self.sequence_lengths.extend([length] * rows)
+        self.tokens += sum(lengths)
+        self.sequence_lengths.extend(lengths)
         for modality in batch_modalities(batch):
             self.with_modality[modality] += 1
 
@@ -109,16 +116,41 @@ class BatchStats:
         return taken
 
 
+def _is_video(batch: Mapping[str, Any]) -> bool:
+    """Video batches count several frames per clip; Megatron-Bridge gives still images ``num_frames`` 1."""
+    frames = batch.get("num_frames")
+    return _present(frames) and int(frames.max()) > 1
+
+
 def batch_modalities(batch: Mapping[str, Any]) -> set[str]:
-    """Modalities a collated Omni batch carries: pixels (image, or video when frames are counted), sound clips."""
+    """Modalities a collated Omni batch carries: pixels (image, or video when a clip has several frames), sound."""
     found = set()
     visual = batch.get("visual_inputs")
     pixels = getattr(visual, "pixel_values", None) if visual is not None else batch.get("pixel_values")
     if _present(pixels):
-        found.add("video" if _present(batch.get("num_frames")) else "image")
+        found.add("video" if _is_video(batch) else "image")
     if _present(batch.get("sound_clips")):
         found.add("audio")
     return found
+
+
+def visual_expansion(batch: Mapping[str, Any]) -> int:
+    """Positions the model adds to a batch when it replaces each compact ``<image>`` placeholder by its embeddings.
+
+    Megatron-Bridge's Omni collate leaves one placeholder per image (or per video tubelet of
+    ``VIDEO_TEMPORAL_PATCH`` frames); RADIO turns every frame of ``imgs_sizes`` (height, width) into one embedding
+    per ``VISION_PIXELS_PER_TOKEN`` pixels (16x16 patches, then a 2x2 pixel shuffle).
+    """
+    sizes = batch.get("imgs_sizes")
+    if not _present(sizes):
+        return 0
+    embeddings = int((sizes[:, 0] * sizes[:, 1]).sum()) // VISION_PIXELS_PER_TOKEN
+    frames = len(sizes)
+    placeholders = frames
+    if _is_video(batch):
+        embeddings //= VIDEO_TEMPORAL_PATCH
+        placeholders = frames // VIDEO_TEMPORAL_PATCH
+    return max(embeddings - placeholders, 0)
 
 
 class CountingIterator(Iterator[Any]):

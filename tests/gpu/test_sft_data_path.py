@@ -1,0 +1,99 @@
+"""Megatron-Bridge's Omni training data path reads omni3-prep's datasets (issue 3's proof), batch by batch.
+
+omni3-sft's own ConfigContainer for a variant, then Megatron-Bridge's Energon provider
+(``energon_train_valid_test_datasets_provider``) with the Omni task encoder it builds, under the variant's
+modality filter, exactly as ``finetune`` calls them. No model and no GPU memory: it isolates the data path from
+the training step. It needs Megatron-Bridge (whose import needs Transformer Engine), so it runs on a lent GPU
+machine: ``bash ci/gpu/run-sft.sh -k data_path``, with ``OMNI3_GPU_DATA`` naming the datasets
+``omni3-prep synth`` built (``datasets/synth_receipts``, ``datasets/synth_avqa``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from omni3_sft import batches, recipe, stage_config, train
+from omni3_sft.settings import SftSettings
+from omni3_shared.settings import load_settings
+
+pytestmark = pytest.mark.gpu
+
+BATCHES = 4
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from omni3_import.tiny_model import build_tiny_omni
+
+    data = os.environ.get("OMNI3_GPU_DATA")
+    if not data:
+        pytest.skip("OMNI3_GPU_DATA is unset: build the datasets with omni3-prep synth and pass their root")
+    root = tmp_path_factory.mktemp("data-path-store")
+    build_tiny_omni(root / "models" / "tiny_omni_hf", vision="omit")
+    (root / "checkpoints" / "tiny_omni").mkdir(parents=True)
+    (root / "datasets").symlink_to(Path(data) / "datasets")
+    return root
+
+
+def resolved_config(store: Path, variant: str) -> tuple[dict[str, Any], SftSettings]:
+    values = {
+        "storage_root": str(store),
+        "hf_model": "models/tiny_omni_hf",
+        "megatron_checkpoint": "checkpoints/tiny_omni",
+        "cord_v2_path": "datasets/synth_receipts",
+        "valor32k_energon_path": "datasets/synth_avqa",
+        "run_dir": f"runs/{variant}",
+        "trust_remote_code": True,
+    }
+    settings = load_settings(SftSettings, values)
+    path = stage_config.variant_path(variant, None)
+    config = stage_config.validate(stage_config.read_variant(path), variant)
+    return stage_config.interpolate(config, settings), settings
+
+
+def draw(store: Path, variant: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """``BATCHES`` training batches of ``variant`` through Megatron-Bridge's own Energon provider."""
+    from megatron.bridge.data.builders.energon import energon_train_valid_test_datasets_provider
+
+    resolved, settings = resolved_config(store, variant)
+    config = recipe.build_config_container(resolved, settings)
+    with train.modality_filter(resolved["dataset"].get("modality_filter")):
+        train_batches, _, _ = energon_train_valid_test_datasets_provider([BATCHES, 0, 0], config.dataset)
+        drawn = [next(train_batches) for _ in range(BATCHES)]
+    return drawn, resolved
+
+
+def check_shapes(batch: dict[str, Any], seq_length: int) -> None:
+    ids = batch["tokens"]
+    assert ids.dim() == 2 and 0 < ids.shape[1] <= seq_length
+    assert batch["labels"].shape == ids.shape == batch["loss_mask"].shape
+    assert batch["loss_mask"].sum() > 0  # the assistant's answer is trained on
+
+
+def test_receipts_reach_the_omni_step_as_images(store: Path) -> None:
+    drawn, resolved = draw(store, "tiny")
+    for batch in drawn:
+        check_shapes(batch, resolved["model"]["seq_length"])
+        assert batches.batch_modalities(batch) == {"image"}
+        assert batch["num_image_tiles"].sum() > 0
+
+
+def test_clips_reach_the_omni_step_as_video_and_audio(store: Path) -> None:
+    drawn, resolved = draw(store, "valor32k")
+    for batch in drawn:
+        check_shapes(batch, resolved["model"]["seq_length"])
+        assert batches.batch_modalities(batch) == {"video", "audio"}
+        assert batch["sound_length"].min() > 0
+
+
+def test_audio_text_batches_carry_sound_alone(store: Path) -> None:
+    drawn, resolved = draw(store, "audio_text")
+    assert resolved["dataset"]["modality_filter"] == "audio"
+    for batch in drawn:
+        check_shapes(batch, resolved["model"]["seq_length"])
+        assert batches.batch_modalities(batch) == {"audio"}
+        assert batch.get("visual_inputs") is None and batch.get("imgs_sizes") is None
