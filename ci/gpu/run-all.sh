@@ -1,11 +1,12 @@
 #!/bin/bash
 # Every GPU proof of this checkout, one step after the other (a failing step does not stop the next ones):
-#   sft        tests/gpu/test_sft_*.py: each variant trains at tiny size, resume after SIGTERM/SIGKILL, TP2/EP4
-#              (ci/gpu/run-sft-streams.sh: the one-GPU runs in two streams side by side)
+#   sft        tests/gpu/test_sft_*.py: the data path, each variant trains at tiny size, resume after SIGTERM/SIGKILL,
+#              TP2/EP4 (ci/gpu/run-sft-streams.sh; sft=first,resume runs only those streams)
 #   adapters   omni3-adapter-export and omni3-lora-merge on the LoRA run the sft step leaves
 #   lifecycle  HF -> Megatron -> HF round trips (TP1; TP2, EP2 and their exports with 2+ GPUs)
 #   bench      tests/bench/sft.py on all of this machine's GPUs (dataset: $OMNI3_GPU_DATA/datasets/bench_receipts)
 # Usage, from the repository root after the kit's setup: source /tmp/omni3-gpu/env.sh && bash ci/gpu/run-all.sh [STEPS]
+# Steps run one after the other; A+B runs A and B side by side (e.g. sft+lifecycle adapters bench).
 # Each step logs to $OUT/STEP.log and writes its reports under $OUT/STEP/.
 set -uo pipefail
 source /tmp/omni3-gpu/env.sh
@@ -15,19 +16,27 @@ export OMNI3_GPU_STORE=${OMNI3_GPU_STORE:-/tmp/omni3-gpu-store} OMNI3_GPU_DATA=$
 export OMNI3_GPU_LORA_RUN=$OMNI3_GPU_STORE/runs/image_text_peft PYTHONUNBUFFERED=1
 STEPS=${*:-sft adapters lifecycle}
 echo "== $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) x $GPUS; steps: $STEPS ($(date -u +%F\ %T))"
-rc=0
-for step in $STEPS; do
+run_step() {  # $1 = step[=options]
+  local step=${1%%=*} options= command
+  [ "$1" != "$step" ] && options=${1#*=}
   case $step in
-    sft) command=(bash ci/gpu/run-sft-streams.sh) ;;
+    sft) command=(bash ci/gpu/run-sft-streams.sh ${options//,/ }) ;;
     adapters) command=(bash ci/gpu/run-adapters.sh) ;;
     lifecycle) command=(bash ci/gpu/run-lifecycle.sh "$GPUS") ;;
     bench) command=(bash ci/gpu/run-bench-sft.sh --gpus "$GPUS" --dataset "$OMNI3_GPU_DATA/datasets/bench_receipts") ;;
-    *) echo "unknown step $step"; rc=2; continue ;;
+    *) echo "unknown step $step"; return 2 ;;
   esac
   echo "== $step: ${command[*]} ($(date -u +%T))"
   mkdir -p "$OUT/$step"
-  if ! OUT="$OUT/$step" "${command[@]}" > "$OUT/$step.log" 2>&1; then rc=1; echo "!! $step failed"; fi
-  grep -E '^\[(sft-gpu|lifecycle)|passed|failed|error' "$OUT/$step.log" | tail -40
+  if ! OUT="$OUT/$step" "${command[@]}" > "$OUT/$step.log" 2>&1; then echo "!! $step failed ($(date -u +%T))"; return 1; fi
+  echo "== $step passed ($(date -u +%T))"
+}
+rc=0
+for group in $STEPS; do
+  pids=()
+  for step in ${group//+/ }; do run_step "$step" & pids+=($!); done
+  for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
+  for step in ${group//+/ }; do grep -E '^\[(sft-gpu|lifecycle)|passed|failed|error' "$OUT/${step%%=*}.log" | tail -40; done
 done
 echo "== done ($(date -u +%T)), exit $rc"
 exit $rc

@@ -1,17 +1,22 @@
 #!/bin/bash
-# tests/gpu/test_sft_*.py in less wall time: the first stream checks the data path and the ConfigContainers, then
-# trains tiny, building the shared storage root (tiny model, import, datasets); then the variant runs and the
-# resume runs go side by side on the GPU(s) (each tiny run uses a few GB); then the parallel-layout runs, which
-# need every GPU. Reports: $OUT/{first,variants,resume,parallel}/.
+# tests/gpu/test_sft_*.py in less wall time, as streams:
+#   first     the data path, the ConfigContainers, then tiny, which builds the shared storage root (tiny model,
+#             import, datasets); every later stream reuses it
+#   variants  every other variant, and, side by side with it,
+#   resume    the SIGTERM and SIGKILL resume tests (each tiny run uses a few GB of one GPU)
+#   parallel  the parallel layouts against one GPU, which need every GPU
+# Usage: bash ci/gpu/run-sft-streams.sh [STREAM...] (default: all, in that order). Reports: $OUT/STREAM/.
 set -uo pipefail
 OUT=${OUT:-$PWD/sft-out}
+STREAMS=${*:-first variants resume parallel}
 rc=0
 stream() { local name=$1; shift; mkdir -p "$OUT/$name"; OUT="$OUT/$name" bash ci/gpu/run-sft.sh -q "$@" > "$OUT/$name.log" 2>&1; }
-stream first -k "data_path or recipe or tiny_projector_only" || rc=1
-stream variants -k "not tiny_projector_only and not resume and not parallel" & variants=$!
-stream resume -k "resume" & resume=$!
-wait $variants || rc=1
-wait $resume || rc=1
-stream parallel -k "parallel" || rc=1
-for name in first variants resume parallel; do echo "-- $name"; grep -E "^\[sft-gpu|passed|failed|skipped|^E  " "$OUT/$name.log" | head -40; done
+wanted() { case " $STREAMS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+if wanted first; then stream first -k "data_path or recipe or tiny_projector_only" || rc=1; fi
+pids=()
+if wanted variants; then stream variants -k "sft_train and not tiny_projector_only and not resume and not parallel" & pids+=($!); fi
+if wanted resume; then stream resume -k "sft_train and resume" & pids+=($!); fi
+for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
+if wanted parallel; then stream parallel -k "sft_train and parallel" || rc=1; fi
+for name in $STREAMS; do echo "-- $name"; grep -E "^\[sft-gpu|passed|failed|skipped|^E  " "$OUT/$name.log" | head -40; done
 exit $rc

@@ -5,7 +5,8 @@
 #   bash ci/gpu/session.sh wait SECONDS       # follows the job until it ends or SECONDS pass; $OUT gets the results
 #   bash ci/gpu/session.sh follow SECONDS     # for fix-and-retry work: first restarts the job when the file
 #                                             # .gpu-retry (carried; line 1 a token, line 2 the steps) changed, then
-#                                             # waits as `wait` does, holding the machine SECONDS when the job is over
+#                                             # waits as `wait` does, holding the machine SECONDS when the job is over;
+#                                             # line 3 "harvest K" adds ci/gpu/prebuilt.sh harvest K
 # Results: /tmp/omni3-gpu-out (logs, JUnit reports, run directories' metrics), packed into $OUT/gpu-out.tgz.
 set -uo pipefail
 JOB=/tmp/omni3-gpu-out
@@ -35,6 +36,9 @@ case "${1:-}" in
       start_job $(sed -n 2p .gpu-retry)
     fi
     wait_job "${2:-60}" "$([ -f "$JOB/exit-code" ] && echo yes || echo no)"
+    # Line 3 "harvest K": also bring back part K of the compiled kit packages (ci/gpu/prebuilt.sh).
+    read -r verb part < <(sed -n 3p .gpu-retry 2>/dev/null)
+    if [ "${verb:-}" = harvest ] && [ -n "${OUT:-}" ]; then rm -f "$OUT/job.log"; bash ci/gpu/prebuilt.sh harvest "$part"; fi
     ;;
   *) echo "usage: $0 start [STEPS...] | wait SECONDS | follow SECONDS" >&2; exit 2 ;;
 esac

@@ -55,15 +55,22 @@ def resolved_config(store: Path, variant: str) -> tuple[dict[str, Any], SftSetti
     return stage_config.interpolate(config, settings), settings
 
 
-def draw(store: Path, variant: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """``BATCHES`` training batches of ``variant`` through Megatron-Bridge's own Energon provider."""
+def train_iterator(config: Any) -> Any:
+    """The training iterator Megatron-Bridge's Energon provider gives ``finetune``, as omni3-sft runs it."""
     from megatron.bridge.data.builders.energon import energon_train_valid_test_datasets_provider
 
+    with train.resumable_energon_stream():
+        batches_, _, _ = energon_train_valid_test_datasets_provider([BATCHES, 0, 0], config.dataset)
+    return batches_
+
+
+def draw(store: Path, variant: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """``BATCHES`` training batches of ``variant`` through Megatron-Bridge's own Energon provider."""
     resolved, settings = resolved_config(store, variant)
     config = recipe.build_config_container(resolved, settings)
     with train.modality_filter(resolved["dataset"].get("modality_filter")):
-        train_batches, _, _ = energon_train_valid_test_datasets_provider([BATCHES, 0, 0], config.dataset)
-        drawn = [next(train_batches) for _ in range(BATCHES)]
+        iterator = train_iterator(config)
+        drawn = [next(iterator) for _ in range(BATCHES)]
     return drawn, resolved
 
 
@@ -97,3 +104,20 @@ def test_audio_text_batches_carry_sound_alone(store: Path) -> None:
         check_shapes(batch, resolved["model"]["seq_length"])
         assert batches.batch_modalities(batch) == {"audio"}
         assert batch.get("visual_inputs") is None and batch.get("imgs_sizes") is None
+
+
+def test_a_restarted_stream_continues_where_the_checkpoint_left_it(store: Path) -> None:
+    """What Megatron-Bridge's checkpoints save and a resumed run restores: the Energon stream position."""
+    resolved, settings = resolved_config(store, "tiny")
+    config = recipe.build_config_container(resolved, settings)
+    first = train_iterator(config)
+    assert hasattr(first, "save_state")  # Megatron-Bridge saves the position only then
+    for _ in range(3):
+        next(first)
+    position = first.save_state()
+    expected = [next(first)["tokens"] for _ in range(2)]
+    restarted = train_iterator(config)
+    restarted.restore_state(position)
+    for want in expected:
+        got = next(restarted)["tokens"]
+        assert got.shape == want.shape and bool((got == want).all())

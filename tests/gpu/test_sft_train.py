@@ -31,7 +31,10 @@ TINY = ("model.tensor_model_parallel_size=1", "model.expert_model_parallel_size=
 SHORT = ("train.global_batch_size=2", "train.train_iters=5", "train.log_interval=1")
 IMAGE_TEXT = (*TINY, "model.seq_length=2048", *SHORT)
 VALOR = (*TINY, "model.seq_length=4096", *SHORT)
-LOSS_TOLERANCE = 0.05  # relative: bf16 kernels with atomics are not bit-reproducible between runs
+LOSS_TOLERANCE = 0.05  # relative, across layouts: the same samples reach the ranks in another order
+# relative, a resumed run against the uninterrupted one: the same samples in the same order give the same loss up
+# to the kernels' noise (~1e-4); a stream restarted from its first sample is off by 3e-3 or more
+RESUME_TOLERANCE = 1e-3
 
 
 def log(message: str) -> None:
@@ -215,7 +218,7 @@ def test_resume_after_kill(store: Path, reference_curve: dict[int, float], sig: 
     assert sorted(curve) == list(range(1, 13))  # one curve, no repeated iterations
     for iteration in range(resumed_from + 1, 13):
         expected = reference_curve[iteration]
-        assert abs(curve[iteration] - expected) <= LOSS_TOLERANCE * abs(expected) + 1e-3, (iteration, curve, expected)
+        assert abs(curve[iteration] - expected) <= RESUME_TOLERANCE * abs(expected), (iteration, curve, expected)
     log(f"{run}: resumed from {resumed_from}; losses after it match the uninterrupted run")
 
 

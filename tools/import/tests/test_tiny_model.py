@@ -58,7 +58,8 @@ def test_config_loads_with_the_fields_the_bridge_reads(tiny_dir: Path) -> None:
     assert sound.hidden_size == 128 and sound.projection_hidden_size == 256 and sound.model_type == "parakeet"
     assert sound.subsampling_factor == 8 and sound.num_mel_bins == 128
     assert sound.to_dict()["num_hidden_layers"] == 2
-    assert config.vision_config.separate_video_embedder is False
+    assert config.vision_config.separate_video_embedder is True  # as the real model; the temporal recipes need it
+    assert config.vision_config.video_temporal_patch_size == 2
     assert "auto_map" in json.loads((tiny_dir / "config.json").read_text())
 
 
@@ -188,7 +189,8 @@ def test_tensor_names_and_shapes_match_the_bridge_mapping(tiny_dir: Path, tensor
 
 def test_vision_spec_is_radio_vit_h() -> None:
     shapes = vision_shapes()
-    assert len(shapes) == 3 + 32 * 12
+    assert len(shapes) == 4 + 32 * 12
+    assert shapes["vision_model.radio_model.model.patch_generator.video_embedder.weight"] == (1280, 1536)
     prefix = "vision_model.radio_model.model."
     assert shapes[prefix + "patch_generator.pos_embed"] == (1, 16384, 1280)
     assert shapes[prefix + "blocks.31.attn.qkv.weight"] == (3840, 1280)

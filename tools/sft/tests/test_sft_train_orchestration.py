@@ -48,6 +48,15 @@ def bridge(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     class Callback:
         pass
 
+    class EnergonDataloader:
+        """As Megatron-Bridge 0.6.2's: ``iter()`` of it gives the inner generator, which has no save_state."""
+
+        def __iter__(self) -> Any:
+            return iter(())
+
+        def __next__(self) -> Any:
+            raise StopIteration
+
     def forward_step(state: Any, data_iterator: Any, model: Any, return_schedule_plan: bool = False) -> None:
         next(data_iterator)
 
@@ -55,7 +64,10 @@ def bridge(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         save = Path(config.checkpoint.save)
         point = checkpoints.resume_point(save)
         state = SimpleNamespace(train_state=SimpleNamespace(step=point.iteration if point else 0))
-        control["calls"].append({"start": state.train_state.step, "load": config.checkpoint.load})
+        loader = EnergonDataloader()
+        control["calls"].append(
+            {"start": state.train_state.step, "load": config.checkpoint.load, "stream_saved": iter(loader) is loader}
+        )
         optimizer = SimpleNamespace(param_groups=[{"lr": 1e-4}])
         batches = iter([{"input_ids": torch.zeros(1, 64, dtype=torch.long), "pixel_values": torch.ones(1, 3)}] * 100)
         for callback in callbacks:
@@ -79,10 +91,14 @@ def bridge(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         "megatron.bridge.training.finetune": types.ModuleType("megatron.bridge.training.finetune"),
         "megatron.bridge.training.callbacks": types.ModuleType("megatron.bridge.training.callbacks"),
         "megatron.bridge.training.nemotron_omni_step": types.ModuleType("megatron.bridge.training.nemotron_omni_step"),
+        "megatron.bridge.data": types.ModuleType("megatron.bridge.data"),
+        "megatron.bridge.data.energon": types.ModuleType("megatron.bridge.data.energon"),
+        train.ENERGON_DATAMODULE_MODULE: types.ModuleType(train.ENERGON_DATAMODULE_MODULE),
     }
     modules["megatron.bridge.training.finetune"].finetune = finetune
     modules["megatron.bridge.training.callbacks"].Callback = Callback
     modules["megatron.bridge.training.nemotron_omni_step"].forward_step = forward_step
+    modules[train.ENERGON_DATAMODULE_MODULE].EnergonDataloader = EnergonDataloader
     for name, module in modules.items():
         monkeypatch.setitem(sys.modules, name, module)
 
@@ -158,6 +174,7 @@ def test_a_complete_run_is_published_with_what_the_lifecycle_tools_read(
     assert not (tmp_path / "runs" / ".tiny.partial").exists()
     # Megatron-Bridge saved and resumes inside the staging directory, never in the published one.
     assert bridge["calls"][0]["load"] == str(tmp_path / "runs" / ".tiny.partial" / "checkpoints")
+    assert bridge["calls"][0]["stream_saved"]  # the Energon loader is its own iterator while finetune runs
     out = capsys.readouterr().out
     assert f"iter {TRAIN_ITERS}/{TRAIN_ITERS} | loss " in out and "tok/s/GPU" in out
 

@@ -32,6 +32,7 @@ PACKAGES = ("megatron-bridge", "megatron-core", "megatron-energon", "transformer
 # Checkpoints are large: their files carry sizes in the manifest, the small files a sha256 too.
 HASHING = Hashing(mode="lazy", lazy_threshold_bytes=64 * 1024 * 1024)
 ENERGON_BUILDER_MODULE = "megatron.bridge.data.builders.energon"
+ENERGON_DATAMODULE_MODULE = "megatron.bridge.data.energon.base_energon_datamodule"
 log = logging.getLogger(TOOL)
 
 
@@ -194,6 +195,25 @@ def modality_filter(modality: str | None) -> Iterator[None]:
         builders.build_energon_task_encoder = original
 
 
+@contextlib.contextmanager
+def resumable_energon_stream() -> Iterator[None]:
+    """Energon checkpoints that hold the data position, so a resumed run continues over the same samples.
+
+    Megatron-Bridge saves and restores the stream position only when the training iterator is its
+    ``EnergonDataloader`` (which has ``save_state``/``restore_state``). Its Energon builder hands over
+    ``iter(EnergonDataloader)`` instead, and that ``__iter__`` returns the inner generator, so checkpoints held
+    no position and every resumed run restarted the data. While this is active the loader is its own iterator.
+    """
+    datamodule = importlib.import_module(ENERGON_DATAMODULE_MODULE)
+    loader_class = datamodule.EnergonDataloader
+    original = loader_class.__iter__
+    loader_class.__iter__ = lambda self: self
+    try:
+        yield
+    finally:
+        loader_class.__iter__ = original
+
+
 @dataclass(frozen=True)
 class Outcome:
     iteration: int | None  # the last iteration trained in this process (None: none ran)
@@ -206,7 +226,7 @@ def train(config: Any, recorder: Recorder, modality: str | None, save_dir: Path)
     from megatron.bridge.training.finetune import finetune
 
     signal_exit = False
-    with modality_filter(modality):
+    with modality_filter(modality), resumable_energon_stream():
         try:
             finetune(config, make_forward_step(recorder.stats), callbacks=[make_callback(recorder)])
         except SystemExit as exc:

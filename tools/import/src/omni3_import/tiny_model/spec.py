@@ -25,6 +25,9 @@ VISION_HIDDEN = 1280
 VISION_FFN = 5120
 VISION_CLASS_TOKENS = 10
 VISION_PATCH_PIXELS = 16 * 16 * 3
+# Like the real model, a separate patch embedder for video, fed two frames at a time (the temporal recipes use it;
+# an imported checkpoint without it cannot be loaded by them).
+VIDEO_TEMPORAL_PATCH = 2
 VISION_MAX_POSITIONS = 16384  # (2048 / 16) ** 2 positions of RADIO's max_img
 PIXEL_SHUFFLE_DIM = VISION_HIDDEN * 4  # the projector input after 2x2 pixel shuffle
 
@@ -113,14 +116,15 @@ class TinyOmniSpec:
         }
 
     def vision_config(self) -> dict[str, Any]:
-        # Documentation of what the provider builds; the bridge reads only separate_video_embedder here.
+        # Documentation of what the provider builds; the bridge reads only the two video fields here.
         return {
             "model_type": "radio",
             "architecture": "vit_huge_patch16_224",
             "hidden_size": VISION_HIDDEN,
             "num_hidden_layers": VISION_LAYERS,
             "patch_size": 16,
-            "separate_video_embedder": False,
+            "separate_video_embedder": True,
+            "video_temporal_patch_size": VIDEO_TEMPORAL_PATCH,
         }
 
     def config(self, config_class: str) -> dict[str, Any]:
@@ -142,12 +146,13 @@ class TinyOmniSpec:
 
 
 def vision_shapes() -> dict[str, tuple[int, ...]]:
-    """HF key -> shape of every RADIO ViT-H tensor the bridge maps (no video embedder)."""
+    """HF key -> shape of every RADIO ViT-H tensor the bridge maps, the video embedder included."""
     prefix = "vision_model.radio_model.model."
     shapes: dict[str, tuple[int, ...]] = {
         prefix + "patch_generator.cls_token.token": (VISION_CLASS_TOKENS, VISION_HIDDEN),
         prefix + "patch_generator.pos_embed": (1, VISION_MAX_POSITIONS, VISION_HIDDEN),
         prefix + "patch_generator.embedder.weight": (VISION_HIDDEN, VISION_PATCH_PIXELS),
+        prefix + "patch_generator.video_embedder.weight": (VISION_HIDDEN, VIDEO_TEMPORAL_PATCH * VISION_PATCH_PIXELS),
     }
     for i in range(VISION_LAYERS):
         block = f"{prefix}blocks.{i}."
