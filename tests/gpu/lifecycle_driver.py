@@ -32,7 +32,12 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tools/import/src"))
 sys.path.insert(0, str(REPO / "shared/src"))
 
-from omni3_shared.omni_logits import forward_args, logit_stats, multimodal_batch  # noqa: E402 (after the path setup)
+from omni3_shared.omni_logits import (  # noqa: E402 (after the path setup)
+    forward_args,
+    logit_stats,
+    multimodal_batch,
+    temporal_patch_dim,
+)
 
 RESULTS: dict[str, Any] = {}
 
@@ -215,7 +220,7 @@ def mm_logits(model, args: dict[str, Any]) -> torch.Tensor:
 
 @stage("mm")
 def multimodal(hf_dir: Path, model) -> dict[str, Any]:
-    batch = multimodal_batch(hf_dir)
+    batch = multimodal_batch(hf_dir, temporal_patch_dim(model))
     args = forward_args(batch)
     logits = mm_logits(model, args)
     ids = batch["input_ids"][0].tolist()
@@ -267,9 +272,10 @@ def reimport(hf_dir: Path, work: Path, tp: int, ep: int, first_model) -> dict[st
     model = make_provider(bridge, tp, ep).provide_distributed_model(wrap_with_ddp=False)
     for chunk in model:
         chunk.eval()
-    first = mm_logits(first_model, forward_args(multimodal_batch(hf_dir)))
-    again = mm_logits(first_model, forward_args(multimodal_batch(hf_dir)))
-    second = mm_logits(model, forward_args(multimodal_batch(out_dir)))
+    temporal = temporal_patch_dim(first_model)
+    first = mm_logits(first_model, forward_args(multimodal_batch(hf_dir, temporal)))
+    again = mm_logits(first_model, forward_args(multimodal_batch(hf_dir, temporal)))
+    second = mm_logits(model, forward_args(multimodal_batch(out_dir, temporal_patch_dim(model))))
     stats = logit_stats(first, second)
     stats["first_model_repeat_max_abs_err"] = (first - again).abs().max().item()
     stats["first_finite"] = bool(torch.isfinite(first).all())

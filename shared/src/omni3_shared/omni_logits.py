@@ -16,8 +16,13 @@ IMAGE_TOKEN_ID = 18  # the tiny Omni's <image> context token; counted only for t
 SOUND_TOKEN_ID = 27
 
 
-def multimodal_batch(hf_dir: Path) -> dict[str, Any]:
-    """One fixed example (image + audio + text) collated by the Omni training collator with ``hf_dir``'s processor."""
+def multimodal_batch(hf_dir: Path, temporal_patch_dim: int = 1) -> dict[str, Any]:
+    """One fixed example (image + audio + text) collated by the Omni training collator with ``hf_dir``'s processor.
+
+    A model with a temporal video embedder (``temporal_patch_dim`` 2, what AutoBridge builds from a checkpoint
+    that has one, like the real Omni) takes images the way the temporal recipes feed them: resized to 512x512,
+    256 embeddings each; otherwise at their own resolution.
+    """
     import numpy as np
     from megatron.bridge.models.nemotron_omni.data.collate_fn import nemotron_omni_collate_fn
     from PIL import Image
@@ -40,7 +45,16 @@ def multimodal_batch(hf_dir: Path) -> dict[str, Any]:
         ],
         "audio": {"array": tone, "sampling_rate": 16000},
     }
+    if temporal_patch_dim > 1:
+        return nemotron_omni_collate_fn(
+            [example], processor, use_temporal_video_embedder=True, temporal_patch_size=temporal_patch_dim
+        )
     return nemotron_omni_collate_fn([example], processor)
+
+
+def temporal_patch_dim(model: list) -> int:
+    """The vision tower's frames per embedding (1, or 2 with the temporal video embedder)."""
+    return next((int(m.temporal_patch_dim) for m in model[0].modules() if hasattr(m, "temporal_patch_dim")), 1)
 
 
 def forward_args(batch: dict[str, Any]) -> dict[str, Any]:
@@ -76,7 +90,7 @@ def multimodal_logits(model: list, hf_dir: Path) -> tuple[Any, dict[str, Any]]:
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
-    batch = multimodal_batch(hf_dir)
+    batch = multimodal_batch(hf_dir, temporal_patch_dim(model))
     with torch.no_grad():
         output = model[0](**forward_args(batch))
     if isinstance(output, tuple):
@@ -89,6 +103,7 @@ def multimodal_logits(model: list, hf_dir: Path) -> tuple[Any, dict[str, Any]]:
         "image_tokens": ids.count(IMAGE_TOKEN_ID),
         "sound_tokens": ids.count(SOUND_TOKEN_ID),
         "logits_shape": list(output.shape),
+        "temporal_patch_dim": temporal_patch_dim(model),
     }
     return output.float(), facts
 

@@ -72,6 +72,8 @@ def test_resume_drops_the_records_after_the_checkpoint(tmp_path: Path) -> None:
 def test_progress_line() -> None:
     line = run_outputs.progress_line(metrics(20), 100, 1.5)
     assert line == "iter 20/100 | loss 2.0000 | lr 1.00e-04 | 2,048 tok/s/GPU | 100.0 TFLOP/s/GPU | ETA 0:02:00"
+    tiny = StepMetrics(20, 2.0, 1e-4, 8192, 2.0, 2, 0.0213e12 * 2.0 * 2)
+    assert "| 0.0213 TFLOP/s/GPU |" in run_outputs.progress_line(tiny, 100, 6.0)
     with_norm = run_outputs.progress_line(StepMetrics(20, 2.0, 1e-4, 8192, 2.0, 2, 4e14, grad_norm=0.5), 100, None)
     assert "grad norm 0.500" in with_norm and with_norm.endswith("ETA unknown")
 

@@ -127,6 +127,11 @@ class MetricsWriter:
 # The progress line
 
 
+def _tflops(value: float) -> str:
+    """One decimal from 1 up (312.4 on Nano); below, three significant digits (0.0213 on the tiny model)."""
+    return f"{value:.1f}" if value >= 1 else f"{value:.3g}"
+
+
 def progress_line(metrics: StepMetrics, train_iters: int, seconds_per_iteration: float | None) -> str:
     """``iter 20/100 | loss 1.2345 | lr 1.00e-04 | 1,234 tok/s/GPU | 56.7 TFLOP/s/GPU | ETA 0:01:23``."""
     parts = [
@@ -134,7 +139,7 @@ def progress_line(metrics: StepMetrics, train_iters: int, seconds_per_iteration:
         f"loss {metrics.loss:.4f}",
         f"lr {metrics.lr:.2e}",
         f"{metrics.tokens_per_s_per_gpu:,.0f} tok/s/GPU",
-        f"{metrics.tflops_per_gpu:.1f} TFLOP/s/GPU",
+        f"{_tflops(metrics.tflops_per_gpu)} TFLOP/s/GPU",
     ]
     if metrics.grad_norm is not None:
         parts.insert(3, f"grad norm {metrics.grad_norm:.3f}")
