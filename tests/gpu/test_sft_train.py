@@ -12,6 +12,7 @@ LoRA run from ``$OMNI3_GPU_STORE/runs/image_text_peft``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -99,9 +100,19 @@ def tool(store: Path, module: str, *args: str, run: str = "tool", nproc: int = 1
     return result
 
 
-def sft(store: Path, variant: str, *overrides: str, run: str | None = None, nproc: int = 1) -> dict[str, Any]:
-    """Train ``variant``; returns the published run's manifest."""
+def fresh(store: Path, run: str) -> None:
+    """No earlier run ``run`` (published or staged) on a storage root that outlives one pytest session."""
+    for folder in (store / "runs" / run, store / "runs" / f".{run}.partial"):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def sft(
+    store: Path, variant: str, *overrides: str, run: str | None = None, nproc: int = 1, resume: bool = False
+) -> dict[str, Any]:
+    """Train ``variant`` (``resume``: finish the interrupted run ``run``); returns the published run's manifest."""
     run = run or variant
+    if not resume:
+        fresh(store, run)
     result = tool(store, "omni3_sft", "--config", variant, *overrides, run=run, nproc=nproc)
     assert result.returncode == 0, f"omni3-sft {variant} failed:\n{result.stderr[-4000:]}"
     manifest = json.loads((store / "runs" / run / "omni3-manifest.json").read_text())
@@ -180,19 +191,31 @@ def _staged_iteration(store: Path, run: str) -> int:
 
 
 def _interrupt(store: Path, run: str, at_iteration: int, sig: int) -> subprocess.CompletedProcess:
+    """Run tiny and signal it at ``at_iteration``: SIGTERM to the trainer (it saves and stops), SIGKILL to every
+    process of the run, as a scheduler or a lost node ends it (data-loader workers would otherwise live on and
+    hold the output pipes open)."""
+    fresh(store, run)
     process = subprocess.Popen(
         [sys.executable, "-m", "omni3_sft", "--config", "tiny", *RESUME],
         env=environment(store, run),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,
     )
     deadline = time.monotonic() + 900
     while _staged_iteration(store, run) < at_iteration and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     log(f"{run}: sending signal {sig} at iteration {_staged_iteration(store, run)}")
-    process.send_signal(sig)
-    stdout, stderr = process.communicate(timeout=600)
+    if sig == signal.SIGKILL:
+        os.killpg(process.pid, sig)
+    else:
+        process.send_signal(sig)
+    try:
+        stdout, stderr = process.communicate(timeout=600)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # nothing of it outlives the test
     (Path(os.environ.get("OUT", store)) / "runs" / f"{run}-interrupted.log").write_text(stdout + "\n" + stderr)
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
@@ -211,7 +234,7 @@ def test_resume_after_kill(store: Path, reference_curve: dict[int, float], sig: 
     assert not (store / "runs" / run / "omni3-manifest.json").exists()  # nothing published
     if sig == signal.SIGTERM:
         assert "rerun the same command" in interrupted.stderr, interrupted.stderr[-2000:]
-    manifest = sft(store, "tiny", *RESUME, run=run)
+    manifest = sft(store, "tiny", *RESUME, run=run, resume=True)
     resumed_from = manifest["extra"]["resumed_from"]
     assert resumed_from is not None and resumed_from >= 4, manifest["extra"]
     curve = losses(store, run)
