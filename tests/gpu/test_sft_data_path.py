@@ -16,9 +16,7 @@ from typing import Any
 
 import pytest
 
-from omni3_sft import batches, recipe, stage_config, train
-from omni3_sft.settings import SftSettings
-from omni3_shared.settings import load_settings
+from omni3_sft import batches, recipe, train
 
 pytestmark = pytest.mark.gpu
 
@@ -39,22 +37,6 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def resolved_config(store: Path, variant: str) -> tuple[dict[str, Any], SftSettings]:
-    values = {
-        "storage_root": str(store),
-        "hf_model": "models/tiny_omni_hf",
-        "megatron_checkpoint": "checkpoints/tiny_omni",
-        "cord_v2_path": "datasets/synth_receipts",
-        "valor32k_energon_path": "datasets/synth_avqa",
-        "run_dir": f"runs/{variant}",
-        "trust_remote_code": True,
-    }
-    settings = load_settings(SftSettings, values)
-    path = stage_config.variant_path(variant, None)
-    config = stage_config.validate(stage_config.read_variant(path), variant)
-    return stage_config.interpolate(config, settings), settings
-
-
 def train_iterator(config: Any) -> Any:
     """The training iterator Megatron-Bridge's Energon provider gives ``finetune``, as omni3-sft runs it."""
     from megatron.bridge.data.builders.energon import energon_train_valid_test_datasets_provider
@@ -64,7 +46,15 @@ def train_iterator(config: Any) -> Any:
     return batches_
 
 
-def draw(store: Path, variant: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+@pytest.fixture(scope="module")
+def resolved_config(resolve_variant: Any) -> Any:
+    def resolved(store: Path, variant: str) -> tuple[dict[str, Any], Any]:
+        return resolve_variant(store, variant, "datasets/synth_receipts", "datasets/synth_avqa")
+
+    return resolved
+
+
+def draw(store: Path, variant: str, resolved_config: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """``BATCHES`` training batches of ``variant`` through Megatron-Bridge's own Energon provider."""
     resolved, settings = resolved_config(store, variant)
     config = recipe.build_config_container(resolved, settings)
@@ -81,24 +71,24 @@ def check_shapes(batch: dict[str, Any], seq_length: int) -> None:
     assert batch["loss_mask"].sum() > 0  # the assistant's answer is trained on
 
 
-def test_receipts_reach_the_omni_step_as_images(store: Path) -> None:
-    drawn, resolved = draw(store, "tiny")
+def test_receipts_reach_the_omni_step_as_images(store: Path, resolved_config: Any) -> None:
+    drawn, resolved = draw(store, "tiny", resolved_config)
     for batch in drawn:
         check_shapes(batch, resolved["model"]["seq_length"])
         assert batches.batch_modalities(batch) == {"image"}
         assert batch["num_image_tiles"].sum() > 0
 
 
-def test_clips_reach_the_omni_step_as_video_and_audio(store: Path) -> None:
-    drawn, resolved = draw(store, "valor32k")
+def test_clips_reach_the_omni_step_as_video_and_audio(store: Path, resolved_config: Any) -> None:
+    drawn, resolved = draw(store, "valor32k", resolved_config)
     for batch in drawn:
         check_shapes(batch, resolved["model"]["seq_length"])
         assert batches.batch_modalities(batch) == {"video", "audio"}
         assert batch["sound_length"].min() > 0
 
 
-def test_audio_text_batches_carry_sound_alone(store: Path) -> None:
-    drawn, resolved = draw(store, "audio_text")
+def test_audio_text_batches_carry_sound_alone(store: Path, resolved_config: Any) -> None:
+    drawn, resolved = draw(store, "audio_text", resolved_config)
     assert resolved["dataset"]["modality_filter"] == "audio"
     for batch in drawn:
         check_shapes(batch, resolved["model"]["seq_length"])
@@ -106,7 +96,7 @@ def test_audio_text_batches_carry_sound_alone(store: Path) -> None:
         assert batch.get("visual_inputs") is None and batch.get("imgs_sizes") is None
 
 
-def test_a_restarted_stream_continues_where_the_checkpoint_left_it(store: Path) -> None:
+def test_a_restarted_stream_continues_where_the_checkpoint_left_it(store: Path, resolved_config: Any) -> None:
     """What Megatron-Bridge's checkpoints save and a resumed run restores: the Energon stream position."""
     resolved, settings = resolved_config(store, "tiny")
     config = recipe.build_config_container(resolved, settings)

@@ -15,8 +15,6 @@ from typing import Any
 import pytest
 
 from omni3_sft import recipe, stage_config
-from omni3_sft.settings import SftSettings
-from omni3_shared.settings import load_settings
 
 pytestmark = pytest.mark.gpu
 
@@ -36,24 +34,16 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def settings_for(store: Path, variant: str) -> tuple[dict[str, Any], SftSettings]:
-    values = {
-        "storage_root": str(store),
-        "hf_model": "models/tiny_omni_hf",
-        "megatron_checkpoint": "checkpoints/tiny_omni",
-        "cord_v2_path": "datasets/cord_v2",
-        "valor32k_energon_path": "datasets/valor32k/energon",
-        "run_dir": f"runs/{variant}",
-        "trust_remote_code": True,
-    }
-    settings = load_settings(SftSettings, values)
-    path = stage_config.variant_path(variant, None)
-    config = stage_config.validate(stage_config.read_variant(path), variant)
-    return stage_config.interpolate(config, settings), settings
+@pytest.fixture(scope="module")
+def settings_for(resolve_variant: Any) -> Any:
+    def settings(store: Path, variant: str) -> tuple[dict[str, Any], Any]:
+        return resolve_variant(store, variant, "datasets/cord_v2", "datasets/valor32k/energon")
+
+    return settings
 
 
 @pytest.mark.parametrize("variant", stage_config.VARIANTS)
-def test_config_container_of_every_variant(store: Path, variant: str) -> None:
+def test_config_container_of_every_variant(store: Path, settings_for: Any, variant: str) -> None:
     from megatron.bridge.data.builders import DirectHFSFTDatasetConfig, EnergonDatasetConfig
     from megatron.bridge.peft.lora import LoRA
     from megatron.bridge.training.config import ConfigContainer
@@ -98,7 +88,7 @@ def test_config_container_of_every_variant(store: Path, variant: str) -> None:
     assert module._DEFAULT_HF_PATH == "nvidia/Nemotron-3-Nano-Omni-30B-A3B-Reasoning-BF16"  # restored
 
 
-def test_cord_recipe_on_an_energon_dataset(store: Path) -> None:
+def test_cord_recipe_on_an_energon_dataset(store: Path, settings_for: Any) -> None:
     from megatron.bridge.data.builders import EnergonDatasetConfig
 
     resolved, settings = settings_for(store, "tiny")
