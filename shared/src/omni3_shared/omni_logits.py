@@ -12,6 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+# Two bf16 forwards of the same weights through other kernels (HF vs Megatron, merged vs unmerged LoRA) stay well
+# inside these; a lost tensor or a mis-mapped one does not.
+MEAN_ABS_ERR_LIMIT = 0.02
+ARGMAX_AGREEMENT_MIN = 0.9
 IMAGE_TOKEN_ID = 18  # the tiny Omni's <image> context token; counted only for the record
 SOUND_TOKEN_ID = 27
 
@@ -118,3 +122,12 @@ def logit_stats(reference: Any, result: Any) -> dict[str, float]:
         "argmax_agreement": (reference.argmax(-1) == result.argmax(-1)).float().mean().item(),
         "finite": bool(reference.isfinite().all().item() and result.isfinite().all().item()),
     }
+
+
+def within_limits(stats: dict[str, float]) -> bool:
+    """Whether ``logit_stats`` output passes the shared bar (finite, mean error and top-token agreement)."""
+    return (
+        bool(stats.get("finite", True))
+        and stats["mean_abs_err"] <= MEAN_ABS_ERR_LIMIT
+        and stats["argmax_agreement"] >= ARGMAX_AGREEMENT_MIN
+    )

@@ -4,7 +4,13 @@ The calls are those ``tests/gpu/lifecycle_driver.py`` proved at TP1 and TP2 on H
 load_megatron_model (with the layout of this run as mp_overrides, so a checkpoint saved at TP2 or EP2 loads
 here at another layout) -> save_hf_pretrained(strict=False). Tensors the bridge does not produce but the
 reference HF checkpoint has (regenerated from config by a loader) are listed in the manifest instead of
-failing the run, unless --strict. This module itself has not run on a GPU yet (the cross-layout load neither).
+failing the run, unless --strict.
+
+--verify (default on): the source model's logits on the fixed image + audio + text batch
+(``omni3_shared.omni_logits``) are taken before the export; the source is then freed, the exported checkpoint is
+built into a Megatron model again and gives its logits on the same batch; their max and mean error go into the
+manifest, and a mismatch fails the run with nothing published (the lifecycle's re-import stage, which found them
+identical on an H100). This module itself has not run on a GPU yet (the cross-layout load and --verify neither).
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from omni3_export import __version__
 from omni3_export.settings import ExportSettings
 from omni3_shared.errors import ToolFailure
 from omni3_shared.manifest import ArtifactKind, InputRef, tool_info
+from omni3_shared.megatron_omni import build_model
+from omni3_shared.omni_logits import logit_stats, multimodal_logits, within_limits
 from omni3_shared.publish import publish_artifact, staging_path
 
 TOOL = "omni3-export"
@@ -57,10 +65,24 @@ def _distributed() -> None:
         dist.init_process_group("nccl")
 
 
+def verify_export(exported: Path, hf_model: Path, reference: Any, batch: dict[str, Any], world: int) -> dict[str, Any]:
+    """The exported checkpoint's logits on the fixed batch against the source's (``reference``), on every rank."""
+    import torch
+
+    _, model = build_model(exported, world)
+    result, _ = multimodal_logits(model, hf_model)
+    del model
+    torch.cuda.empty_cache()
+    stats = logit_stats(reference.to(result.device), result)
+    passed = within_limits(stats)
+    return {"batch": "image + audio + text (omni3_shared.omni_logits)", **batch, **stats, "passed": passed}
+
+
 def run_export(
     settings: ExportSettings, megatron_dir: Path, hf_model: Path, inputs: list[InputRef], force: bool
 ) -> Path:
-    """Export on the processes torchrun started (TP = world size, EP 1), then publish with a manifest."""
+    """Export on the processes torchrun started (TP = world size, EP 1), verify, then publish with a manifest."""
+    import torch
     import torch.distributed as dist
     from megatron.bridge import AutoBridge
 
@@ -71,20 +93,34 @@ def run_export(
     overrides = {"tensor_model_parallel_size": world, "expert_model_parallel_size": 1,
                  "expert_tensor_parallel_size": world, "pipeline_model_parallel_size": 1}  # fmt: skip
     model = bridge.load_megatron_model(str(megatron_dir), mp_overrides=overrides, wrap_with_ddp=False)
+    reference = batch = None
+    if settings.verify:
+        for chunk in model:
+            chunk.eval()
+        reference, batch = multimodal_logits(model, hf_model)
+        reference = reference.cpu()  # the source leaves the GPU before the exported copy is built
     output = settings.resolve_path(settings.hf_path).absolute()
     config = {"megatron_path": str(megatron_dir), "hf_model": str(hf_model), **settings.model_dump(mode="json")}
+
+    def export_and_verify(target: Path) -> dict[str, Any] | None:
+        nonlocal model
+        dist.barrier()
+        bridge.save_hf_pretrained(model, str(target), source_path=str(hf_model), strict=False)
+        dist.barrier()
+        if reference is None:
+            return None
+        del model
+        torch.cuda.empty_cache()
+        return verify_export(target, hf_model, reference, batch or {}, world)
+
     if dist.get_rank() != 0:
-        dist.barrier()
-        bridge.save_hf_pretrained(model, str(staging_path(output)), source_path=str(hf_model), strict=False)
-        dist.barrier()
+        export_and_verify(staging_path(output))
         return output
     with publish_artifact(
         output, kind=ArtifactKind.HF_CHECKPOINT, tool=tool_info(TOOL, __version__, PACKAGES), config=config,
         inputs=inputs, force=force,
     ) as staging:  # fmt: skip
-        dist.barrier()
-        bridge.save_hf_pretrained(model, str(staging.path), source_path=str(hf_model), strict=False)
-        dist.barrier()
+        verification = export_and_verify(staging.path)
         accounting = account_tensors(hf_model, staging.path)
         if settings.strict and (accounting["regenerated_from_config"] or accounting["not_in_reference"]):
             raise ToolFailure(
@@ -92,5 +128,12 @@ def run_export(
                 f"{len(accounting['not_in_reference'])} exported tensor(s) not in the reference",
                 fix="see the names with --strict false in the manifest's extra.tensors; nothing was written",
             )
-        staging.extra.update({"tensors": accounting, "world_size": world, "verification": None})
+        if verification is not None and not verification["passed"]:
+            raise ToolFailure(
+                f"verification failed: exported vs source logits on the image + audio + text batch, mean error "
+                f"{verification['mean_abs_err']:.4f}, argmax agreement {verification['argmax_agreement']:.3f}, "
+                f"finite {verification['finite']}",
+                fix="report it with the manifest of the source checkpoint; nothing was written",
+            )
+        staging.extra.update({"tensors": accounting, "world_size": world, "verification": verification})
     return output

@@ -16,14 +16,13 @@ from omni3_import import __version__
 from omni3_import.settings import ImportSettings
 from omni3_shared.errors import ToolFailure
 from omni3_shared.manifest import ArtifactKind, InputRef, tool_info
+from omni3_shared.omni_logits import ARGMAX_AGREEMENT_MIN, MEAN_ABS_ERR_LIMIT
 from omni3_shared.publish import publish_artifact, staging_path
 
 TOOL = "omni3-import"
 PACKAGES = ("megatron-bridge", "megatron-core", "transformer-engine", "transformers", "torch")
 # bf16 text logits of HF NemotronH vs the Megatron language model: mean 0.005 at logit scale 1.5 on the tiny
 # model (H100, 2026-11-26); the max is dominated by MoE routing flips near ties, so mean and argmax decide.
-MEAN_ABS_ERR_LIMIT = 0.02
-ARGMAX_AGREEMENT_MIN = 0.9
 
 
 def _distributed(tensor_parallel: int, expert_parallel: int) -> None:

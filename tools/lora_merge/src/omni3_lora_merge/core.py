@@ -30,18 +30,17 @@ from omni3_lora_merge.settings import LoraMergeSettings
 from omni3_shared.errors import ToolFailure
 from omni3_shared.lora_run import LoraRun, base_weight_files
 from omni3_shared.manifest import ArtifactKind, InputRef, tool_info
-from omni3_shared.omni_logits import logit_stats, multimodal_logits
+from omni3_shared.megatron_omni import build_model
+from omni3_shared.omni_logits import ARGMAX_AGREEMENT_MIN, MEAN_ABS_ERR_LIMIT, logit_stats, multimodal_logits
 from omni3_shared.publish import Staging, publish_artifact, staging_path
 
 TOOL = "omni3-lora-merge"
 PACKAGES = ("megatron-bridge", "megatron-core", "transformer-engine", "transformers", "torch")
 log = logging.getLogger(TOOL)
 # Merged vs base+adapter logits, both bf16 Megatron forwards: the merged weight W + s*B@A is rounded to bf16 once,
-# the unmerged forward rounds W@x and s*B@(A@x) apart. The import's HF-vs-Megatron bar (mean 0.02, argmax 0.9)
+# the unmerged forward rounds W@x and s*B@(A@x) apart. The shared bar (MEAN_ABS_ERR_LIMIT, ARGMAX_AGREEMENT_MIN)
 # is the loose bound; the merge must also sit closer to base+adapter than the base does (when the adapter's
 # effect is above bf16 noise), or the adapter was lost in the merge.
-MEAN_ABS_ERR_LIMIT = 0.02
-ARGMAX_AGREEMENT_MIN = 0.9
 MEASURABLE_EFFECT = 1e-3
 SCRATCH_HF = ".merged_hf"
 LORA_KEYS = ("target_modules", "exclude_modules", "dim", "alpha", "dropout", "dropout_position",
@@ -99,40 +98,6 @@ def lora_from_run_config(iteration_dir: Path) -> Any:
         (VLMLoRA, LORA_KEYS + VLM_LORA_KEYS) if "VLMLoRA" in str(saved.get("_target_", "")) else (LoRA, LORA_KEYS)
     )
     return cls(**{key: value for key, value in saved.items() if key in keys})
-
-
-def configure(provider: Any, tensor_parallel: int) -> Any:
-    """The layout and the settings the lent GPU machines need (no APEX, no flash-attn), as the lifecycle proved."""
-    import torch
-    from megatron.core.transformer.enums import AttnBackend
-
-    provider.tensor_model_parallel_size = tensor_parallel
-    provider.expert_model_parallel_size = 1
-    provider.expert_tensor_parallel_size = tensor_parallel
-    provider.pipeline_model_parallel_size = 1
-    provider.sequence_parallel = False
-    provider.params_dtype = torch.bfloat16
-    provider.bf16 = True
-    provider.gradient_accumulation_fusion = False
-    provider.attention_backend = AttnBackend.fused
-    return provider
-
-
-def build_model(hf_dir: Path, tensor_parallel: int, lora: Any = None) -> tuple[Any, list]:
-    """The Megatron Omni model with ``hf_dir``'s weights, wrapped with ``lora`` (adapters not loaded yet)."""
-    import torch
-    from megatron.bridge import AutoBridge
-
-    # The base's own code (configuration_*.py) comes with the checkpoint omni3-sft already trained from.
-    bridge = AutoBridge.from_hf_pretrained(str(hf_dir), trust_remote_code=True, torch_dtype=torch.bfloat16)
-    provider = configure(bridge.to_megatron_provider(load_weights=True), tensor_parallel)
-    provider.finalize()
-    if lora is not None:
-        provider.register_pre_wrap_hook(lambda chunks: lora(chunks, training=False))
-    model = provider.provide_distributed_model(wrap_with_ddp=False)
-    for chunk in model:
-        chunk.eval()
-    return bridge, model
 
 
 def load_adapters(model: list, lora: Any, iteration_dir: Path) -> int:
