@@ -1,0 +1,30 @@
+"""How two sets of logits are compared by every omni3 check (CPU: the comparison is plain torch)."""
+
+from __future__ import annotations
+
+import torch
+
+from omni3_shared.omni_logits import logit_stats, within_limits
+
+
+def logits(seed: int) -> torch.Tensor:
+    return torch.randn(1, 16, 64, generator=torch.Generator().manual_seed(seed))
+
+
+def test_the_same_logits_pass_with_zero_error() -> None:
+    stats = logit_stats(logits(0), logits(0).clone())
+    assert stats["max_abs_err"] == 0.0 and stats["argmax_agreement"] == 1.0 and stats["finite"]
+    assert within_limits(stats)
+
+
+def test_bf16_rounding_passes_and_other_weights_fail() -> None:
+    reference = logits(0)
+    assert within_limits(logit_stats(reference, reference.to(torch.bfloat16)))
+    assert not within_limits(logit_stats(reference, logits(1)))  # a lost or mis-mapped tensor looks like this
+
+
+def test_non_finite_logits_fail() -> None:
+    broken = logits(0)
+    broken[0, 3, 5] = float("nan")
+    stats = logit_stats(logits(0), broken)
+    assert stats["finite"] is False and not within_limits(stats)
