@@ -131,3 +131,12 @@ def within_limits(stats: dict[str, float]) -> bool:
         and stats["mean_abs_err"] <= MEAN_ABS_ERR_LIMIT
         and stats["argmax_agreement"] >= ARGMAX_AGREEMENT_MIN
     )
+
+
+def compare_with(reference: Any, model: list, hf_dir: Path) -> dict[str, Any]:
+    """``model``'s logits on the fixed batch against ``reference`` (``multimodal_logits`` of the source): the
+    record a tool's manifest keeps under ``verification``, with ``passed``."""
+    result, batch = multimodal_logits(model, hf_dir)
+    stats = logit_stats(reference.to(result.device), result)
+    passed = within_limits(stats)
+    return {"batch": "image + audio + text (omni3_shared.omni_logits)", **batch, **stats, "passed": passed}

@@ -24,7 +24,7 @@ from omni3_export.settings import ExportSettings
 from omni3_shared.errors import ToolFailure
 from omni3_shared.manifest import ArtifactKind, InputRef, tool_info
 from omni3_shared.megatron_omni import build_model
-from omni3_shared.omni_logits import logit_stats, multimodal_logits, within_limits
+from omni3_shared.omni_logits import compare_with, multimodal_logits
 from omni3_shared.publish import publish_artifact, staging_path
 
 TOOL = "omni3-export"
@@ -65,17 +65,15 @@ def _distributed() -> None:
         dist.init_process_group("nccl")
 
 
-def verify_export(exported: Path, hf_model: Path, reference: Any, batch: dict[str, Any], world: int) -> dict[str, Any]:
+def verify_export(exported: Path, hf_model: Path, reference: Any, world: int) -> dict[str, Any]:
     """The exported checkpoint's logits on the fixed batch against the source's (``reference``), on every rank."""
     import torch
 
     _, model = build_model(exported, world)
-    result, _ = multimodal_logits(model, hf_model)
+    record = compare_with(reference, model, hf_model)
     del model
     torch.cuda.empty_cache()
-    stats = logit_stats(reference.to(result.device), result)
-    passed = within_limits(stats)
-    return {"batch": "image + audio + text (omni3_shared.omni_logits)", **batch, **stats, "passed": passed}
+    return record
 
 
 def run_export(
@@ -93,11 +91,11 @@ def run_export(
     overrides = {"tensor_model_parallel_size": world, "expert_model_parallel_size": 1,
                  "expert_tensor_parallel_size": world, "pipeline_model_parallel_size": 1}  # fmt: skip
     model = bridge.load_megatron_model(str(megatron_dir), mp_overrides=overrides, wrap_with_ddp=False)
-    reference = batch = None
+    reference = None
     if settings.verify:
         for chunk in model:
             chunk.eval()
-        reference, batch = multimodal_logits(model, hf_model)
+        reference, _ = multimodal_logits(model, hf_model)
         reference = reference.cpu()  # the source leaves the GPU before the exported copy is built
     output = settings.resolve_path(settings.hf_path).absolute()
     config = {"megatron_path": str(megatron_dir), "hf_model": str(hf_model), **settings.model_dump(mode="json")}
@@ -111,7 +109,7 @@ def run_export(
             return None
         del model
         torch.cuda.empty_cache()
-        return verify_export(target, hf_model, reference, batch or {}, world)
+        return verify_export(target, hf_model, reference, world)
 
     if dist.get_rank() != 0:
         export_and_verify(staging_path(output))

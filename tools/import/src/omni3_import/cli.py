@@ -29,8 +29,9 @@ class ImportCommands(ToolCommands):
     """Convert a Hugging Face Nemotron 3 Omni checkpoint into a Megatron checkpoint with Megatron-Bridge.
 
     Checks before any work: the HF directory exists (an omni3 hf-checkpoint artifact or a plain HF
-    directory), the output is new (or --force); with --verify, the logits of source and result are compared
-    on a fixed image + audio + text batch and the errors recorded in the manifest.
+    directory), the output is new (or --force). --verify (default on): HF vs Megatron text logits before
+    anything is written, then the written checkpoint, loaded back, against the converted model on a fixed
+    image + audio + text batch; the errors go into the manifest and a mismatch exits 1 with nothing published.
     Code inside the checkpoint runs only with --trust-remote-code, unless it is byte for byte the built-in
     tiny model's own (--hf-model tiny, or a directory written by `omni3-import tiny`).
     `omni3-import tiny` writes the built-in tiny Omni as an HF checkpoint artifact, on the CPU.

@@ -16,7 +16,7 @@ from omni3_import import __version__
 from omni3_import.settings import ImportSettings
 from omni3_shared.errors import ToolFailure
 from omni3_shared.manifest import ArtifactKind, InputRef, tool_info
-from omni3_shared.omni_logits import ARGMAX_AGREEMENT_MIN, MEAN_ABS_ERR_LIMIT
+from omni3_shared.omni_logits import ARGMAX_AGREEMENT_MIN, MEAN_ABS_ERR_LIMIT, compare_with, multimodal_logits
 from omni3_shared.publish import publish_artifact, staging_path
 
 TOOL = "omni3-import"
@@ -122,15 +122,41 @@ def verify_text_logits(hf_path: Path, model: list, trust_remote_code: bool) -> d
     }
 
 
+def verify_saved(bridge: Any, saved: Path, settings: ImportSettings, hf_path: Path, reference: Any) -> dict[str, Any]:
+    """The written checkpoint, loaded back at this run's layout, against the converted model on the fixed
+    image + audio + text batch (a shard missing or mis-written, e.g. experts at EP>1, shows here); every rank."""
+    import torch
+
+    overrides = {
+        "tensor_model_parallel_size": settings.tensor_parallel_size,
+        "expert_model_parallel_size": settings.expert_parallel_size,
+        "expert_tensor_parallel_size": 1 if settings.expert_parallel_size > 1 else settings.tensor_parallel_size,
+        "pipeline_model_parallel_size": 1,
+    }
+    model = bridge.load_megatron_model(str(saved), mp_overrides=overrides, wrap_with_ddp=False)
+    for chunk in model:
+        chunk.eval()
+    record = compare_with(reference, model, hf_path)
+    del model
+    torch.cuda.empty_cache()
+    return record
+
+
 def run_import(
     settings: ImportSettings, hf_path: Path, inputs: list[InputRef], trust_remote_code: bool, force: bool
 ) -> Path:
-    """Convert, verify (before anything is written), then publish the Megatron checkpoint with its manifest."""
+    """Convert, verify the conversion, write, verify what was written, then publish with the manifest.
+
+    --verify: HF vs Megatron text logits before anything is written (the only forward HF has for the Omni without
+    its remote modeling code), then the converted model against the written checkpoint on the multimodal batch.
+    """
+    import torch
     import torch.distributed as dist
 
     _distributed(settings.tensor_parallel_size, settings.expert_parallel_size)
     bridge, model = build_model(hf_path, settings, trust_remote_code)
     verification = None
+    reference = None
     if settings.verify:
         verification = verify_text_logits(hf_path, model, trust_remote_code)
         failed = (
@@ -143,12 +169,24 @@ def run_import(
                 f"(limit {MEAN_ABS_ERR_LIMIT}), argmax agreement {verification['argmax_agreement']:.3f}",
                 fix="check the checkpoint and the transformers version; nothing was written",
             )
+        reference, _ = multimodal_logits(model, hf_path)
+        reference = reference.cpu()
     output = settings.resolve_path(settings.megatron_path).absolute()
     config = {"hf_model": str(hf_path), **settings.model_dump(mode="json")}
-    if dist.get_rank() != 0:
+
+    def save_and_verify(target: Path) -> dict[str, Any] | None:
+        nonlocal model
         dist.barrier()  # rank 0 has created the staging directory
-        bridge.save_megatron_model(model, str(staging_path(output)), hf_tokenizer_path=str(hf_path))
+        bridge.save_megatron_model(model, str(target), hf_tokenizer_path=str(hf_path))
         dist.barrier()
+        if reference is None:
+            return None
+        del model  # the converted model leaves the GPU before the written one is loaded
+        torch.cuda.empty_cache()
+        return verify_saved(bridge, target, settings, hf_path, reference)
+
+    if dist.get_rank() != 0:
+        save_and_verify(staging_path(output))
         return output
     with publish_artifact(
         output,
@@ -158,9 +196,16 @@ def run_import(
         inputs=inputs,
         force=force,
     ) as staging:
-        dist.barrier()
-        bridge.save_megatron_model(model, str(staging.path), hf_tokenizer_path=str(hf_path))
-        dist.barrier()
+        written = save_and_verify(staging.path)
+        if written is not None:
+            verification = {"text": verification, "written": written}
+            if not written["passed"]:
+                raise ToolFailure(
+                    f"verification failed: the written checkpoint's logits on the image + audio + text batch differ "
+                    f"from the converted model's (mean error {written['mean_abs_err']:.4f}, argmax agreement "
+                    f"{written['argmax_agreement']:.3f}, finite {written['finite']})",
+                    fix="check the free disk space and rerun; nothing was written",
+                )
         staging.extra.update(
             {
                 "tensor_parallel_size": settings.tensor_parallel_size,
