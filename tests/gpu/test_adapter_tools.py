@@ -1,4 +1,5 @@
-"""omni3-adapter-export and omni3-lora-merge on a GPU machine, on a LoRA run that omni3-sft made there (issue 4).
+"""omni3-adapter-export, omni3-lora-merge and omni3-export on a GPU machine, from a LoRA run omni3-sft made there
+(issue 4); omni3-export converts the Megatron checkpoint that run started from.
 
 Needs CUDA, the pinned Megatron stack and peft, and ``OMNI3_GPU_LORA_RUN``: the run directory (a training-run
 artifact with extra.peft) of a LoRA omni3-sft run on the same machine; its manifest names the base HF checkpoint.
@@ -164,3 +165,21 @@ def test_lora_merge_publishes_a_verified_merged_checkpoint(
         assert "config.json" in names and any(name.endswith(".safetensors") for name in names)
     else:
         assert any(name.startswith("iter_") for name in names) and not any(".merged_hf" in name for name in names)
+
+
+def test_export_of_the_base_checkpoint_is_verified(run_extra: dict, work: Path) -> None:
+    """omni3-export of the Megatron checkpoint the LoRA run started from (written by omni3-import with --verify):
+    every reference tensor accounted for, and the exported model's image + audio + text logits equal the source's."""
+    source = Path(run_extra["pretrained_checkpoint"])
+    output = work / "export-hf"
+    completed = run_tool(work, "export", "omni3_export", "--megatron-path", str(source), "--hf-path", str(output),
+                         "--verify")  # fmt: skip
+    assert completed.returncode == 0, f"omni3-export failed:\n{tail(completed)}"
+    manifest = read_manifest(output, ArtifactKind.HF_CHECKPOINT)
+    check, tensors = manifest.extra["verification"], manifest.extra["tensors"]
+    print(json.dumps({"verification": check, "tensors": {k: v for k, v in tensors.items() if "tensors" in k}}))
+    assert check["passed"] and check["finite"] and check["mean_abs_err"] < 0.02, check
+    assert check["image_tokens"] > 0 and check["sound_tokens"] > 0, check
+    assert tensors["exported_tensors"] > 0 and tensors["not_in_reference"] == [], tensors
+    imported = read_manifest(source, ArtifactKind.MEGATRON_CHECKPOINT).extra["verification"]
+    assert imported["text"]["passed"] and imported["written"]["passed"], imported
