@@ -2,32 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from omni3_prep import pipeline, source_synth
 from omni3_prep.readback import BuildFacts, read_back
 from omni3_prep.shards import SIDECAR_DIR
+from omni3_shared.pytest_plugin import load_script
 
 BENCH_DIR = Path(__file__).resolve().parent
 
 
-def _load(name: str) -> ModuleType:
-    # tests/bench is not a package: load the script by path (dataclasses need the module in sys.modules).
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH_DIR / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load("prep")
+bench = load_script(BENCH_DIR / "prep.py", "bench_prep")
 
 
 @pytest.mark.parametrize(("kind", "samples"), [("receipts", 6), ("avqa", 3)])

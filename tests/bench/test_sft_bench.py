@@ -2,35 +2,24 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import yaml
 
 from omni3_sft import model_shape, preflight, stage_config
 from omni3_sft.settings import SftSettings
+from omni3_shared.pytest_plugin import load_script
 
 BENCH_DIR = Path(__file__).resolve().parent
 
 
-def _load(name: str) -> ModuleType:
-    # tests/bench is not a package: load the scripts by path (dataclasses need the module in sys.modules).
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH_DIR / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load("sft")
+bench = load_script(BENCH_DIR / "sft.py", "bench_sft")
 
 
 def test_proxy_spec_has_the_published_nemotron_3_nano_layer_shapes() -> None:
@@ -256,7 +245,7 @@ def test_stage_yaml_is_plain_yaml(tmp_path: Path) -> None:
 
 
 def test_direct_driver_resolves_the_same_config_as_omni3_sft(tmp_path: Path) -> None:
-    direct = _load("sft_direct")
+    direct = load_script(BENCH_DIR / "sft_direct.py", "bench_sft_direct")
     path = tmp_path / "bench_proxy.yaml"
     path.write_text(bench.stage_yaml(tmp_path / "receipts", tmp_path / "megatron"))
     run_overrides = bench.overrides(bench.Workload("M*E", 1, 4096, 4, 8, 30, 5))

@@ -7,17 +7,21 @@
   own scratch directory (a test folder's conftest makes it autouse).
 - ``make_artifact``: publish a small artifact of a kind, through the real protocol.
 - ``nothing_written`` and ``dry_run_plan``: what the tools' CLI tests assert about outputs and dry runs.
+- ``load_script``: a script that is not in a package (tests/bench/*.py), imported by path for its tests.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -80,6 +84,16 @@ def make_artifact() -> Callable[..., Path]:
         return path
 
     return make
+
+
+def load_script(path: Path, module_name: str) -> ModuleType:
+    """Import the script at ``path`` as ``module_name`` (registered in sys.modules: its dataclasses need that)."""
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def nothing_written(output: Path) -> bool:
