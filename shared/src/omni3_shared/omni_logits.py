@@ -94,7 +94,8 @@ def multimodal_logits(model: list, hf_dir: Path) -> tuple[Any, dict[str, Any]]:
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
-    batch = multimodal_batch(hf_dir, temporal_patch_dim(model))
+    temporal = temporal_patch_dim(model)
+    batch = multimodal_batch(hf_dir, temporal)
     with torch.no_grad():
         output = model[0](**forward_args(batch))
     if isinstance(output, tuple):
@@ -107,7 +108,7 @@ def multimodal_logits(model: list, hf_dir: Path) -> tuple[Any, dict[str, Any]]:
         "image_tokens": ids.count(IMAGE_TOKEN_ID),
         "sound_tokens": ids.count(SOUND_TOKEN_ID),
         "logits_shape": list(output.shape),
-        "temporal_patch_dim": temporal_patch_dim(model),
+        "temporal_patch_dim": temporal,
     }
     return output.float(), facts
 
