@@ -3,11 +3,14 @@
 #   sft        tests/gpu/test_sft_*.py: the data path, each variant trains at tiny size, resume after SIGTERM/SIGKILL,
 #              TP2/EP4 (ci/gpu/run-sft-streams.sh; sft=first,resume runs only those streams)
 #   adapters   omni3-adapter-export and omni3-lora-merge on the LoRA run the sft step leaves
-#   lifecycle  HF -> Megatron -> HF round trips (TP1; TP2, EP2 and their exports with 2+ GPUs)
-#   bench      tests/bench/sft.py on all of this machine's GPUs (dataset: $OMNI3_GPU_DATA/datasets/bench_receipts)
+#   lifecycle  HF -> Megatron -> HF round trips (TP1; TP2, EP2 and their exports with 2+ GPUs);
+#              lifecycle=tp2,ep2 makes only those (LIFECYCLE_ONLY of ci/gpu/run-lifecycle.sh)
+#   tools      omni3-import at TP2 and EP2, omni3-export of each at TP1, both with --verify (2+ GPUs)
+#   bench      tests/bench/sft.py on all of this machine's GPUs (dataset: $OMNI3_GPU_DATA/datasets/bench_receipts);
+#              bench=--micro-batch,8,--micro-batches,4 passes those arguments
 # Usage, from the repository root after the kit's setup: source /tmp/omni3-gpu/env.sh && bash ci/gpu/run-all.sh [STEPS]
 # Steps run one after the other; A+B runs A and B side by side (e.g. sft+lifecycle adapters bench).
-# Each step logs to $OUT/STEP.log and writes its reports under $OUT/STEP/.
+# Each step logs to $OUT/NAME.log and writes its reports under $OUT/NAME/ (NAME: the step with = and , as -).
 set -uo pipefail
 source /tmp/omni3-gpu/env.sh
 OUT=${OUT:-$PWD/gpu-out}; mkdir -p "$OUT"
@@ -22,21 +25,24 @@ run_step() {  # $1 = step[=options]
   case $step in
     sft) command=(bash ci/gpu/run-sft-streams.sh ${options//,/ }) ;;
     adapters) command=(bash ci/gpu/run-adapters.sh) ;;
-    lifecycle) command=(bash ci/gpu/run-lifecycle.sh "$GPUS") ;;
-    bench) command=(bash ci/gpu/run-bench-sft.sh --gpus "$GPUS" --dataset "$OMNI3_GPU_DATA/datasets/bench_receipts") ;;
+    lifecycle) command=(env LIFECYCLE_ONLY="${options//,/ }" bash ci/gpu/run-lifecycle.sh "$GPUS") ;;
+    tools) command=(bash ci/gpu/run-tools.sh) ;;
+    bench) command=(bash ci/gpu/run-bench-sft.sh --gpus "$GPUS" --dataset "$OMNI3_GPU_DATA/datasets/bench_receipts"
+                    ${options//,/ }) ;;  # bench=--micro-batch,8: more arguments of tests/bench/sft.py
     *) echo "unknown step $step"; return 2 ;;
   esac
-  echo "== $step: ${command[*]} ($(date -u +%T))"
-  mkdir -p "$OUT/$step"
-  if ! OUT="$OUT/$step" "${command[@]}" > "$OUT/$step.log" 2>&1; then echo "!! $step failed ($(date -u +%T))"; return 1; fi
-  echo "== $step passed ($(date -u +%T))"
+  local name=${1//[=,]/-}  # sft=tiny and sft=lora,sigkill keep their own logs
+  echo "== $1: ${command[*]} ($(date -u +%T))"
+  mkdir -p "$OUT/$name"
+  if ! OUT="$OUT/$name" "${command[@]}" > "$OUT/$name.log" 2>&1; then echo "!! $1 failed ($(date -u +%T))"; return 1; fi
+  echo "== $1 passed ($(date -u +%T))"
 }
 rc=0
 for group in $STEPS; do
   pids=()
   for step in ${group//+/ }; do run_step "$step" & pids+=($!); done
   for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
-  for step in ${group//+/ }; do grep -E '^\[(sft-gpu|lifecycle)|passed|failed|error' "$OUT/${step%%=*}.log" | tail -40; done
+  for step in ${group//+/ }; do grep -E '^\[(sft-gpu|lifecycle|tools-gpu|adapters)|passed|failed|error' "$OUT/${step//[=,]/-}.log" | tail -40; done
 done
 echo "== done ($(date -u +%T)), exit $rc"
 exit $rc

@@ -4,9 +4,10 @@
         --run-dir DIR --metrics FILE [section.field=value ...]
 
 Same workload as ``omni3_sft`` with the same YAML and overrides: the stage config is resolved and planned with
-omni3's pure helpers (``stage_config``, ``recipe.plan_recipe``: the list of field assignments), then this driver
-itself calls the upstream recipe function (with the local HF path patched in, as the recipes read the hub
-otherwise), assigns each field, and runs upstream ``finetune`` with upstream's Omni forward step. What it adds:
+omni3's pure helpers (``stage_config``, ``recipe.plan_recipe``: the list of field assignments), the upstream
+recipe function is called and each field assigned (``recipe.apply_plan``, with the local HF path patched in, as
+the recipes read the hub otherwise), and this driver runs upstream ``finetune`` with upstream's Omni forward step
+itself, without omni3's run directory, progress lines, metrics files or publishing. What it adds:
 a token counter on the batches the forward step draws (``BatchStats``, the shapes omni3 counts) and a callback
 timing each step (CUDA synchronised at step end). Rank 0 writes one JSON line per iteration to --metrics with
 the keys omni3's metrics records have (iteration, tokens, seconds, gpus, flops) plus ``sequences``.
@@ -54,18 +55,12 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_config(resolved: dict[str, Any], hf_path: str, run_dir: Path) -> Any:
-    """Upstream recipe function, then every field assignment of omni3's plan, one by one."""
+    """Upstream recipe function, then every field assignment of omni3's plan (``recipe.apply_plan``)."""
     # No staging folder here: the run writes straight into run_dir (omni3 writes into .RUN.partial).
     facts = recipe.gather_facts(resolved, hf_path, True, run_dir, run_dir)
     plan = recipe.plan_recipe(resolved, facts)
-    module = importlib.import_module(recipe.RECIPE_MODULE)
-    recipe_function = getattr(module, plan.function)
     log(f"recipe {recipe.RECIPE_MODULE}.{plan.function}, {len(plan.assignments)} field assignments")
-    with recipe.patched_hf_path(module, plan.hf_path):
-        config = recipe_function()
-    for path, value in plan.assignments:
-        recipe.assign(config, path, recipe.materialize(value))
-    return config
+    return recipe.apply_plan(plan)
 
 
 def data_parallel(resolved: dict[str, Any]) -> int:
