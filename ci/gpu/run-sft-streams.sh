@@ -3,11 +3,12 @@
 #   first     the data path, the ConfigContainers, then tiny, which builds the shared storage root (tiny model,
 #             import, datasets); every later stream reuses it
 #   tiny      only tiny (the storage root), when the data path and the ConfigContainers need no new proof
-#   variants  every other variant, and, side by side with it,
+#   variants  every other variant, and, side by side with it and with each other,
 #   resume    the SIGTERM and SIGKILL resume tests (each tiny run uses a few GB of one GPU)
 #   lora      only the LoRA variant image_text_peft (the adapters step's input), a part of variants
 #   sigkill   only the SIGKILL resume test, a part of resume
-#   parallel  the parallel layouts against one GPU, which need every GPU
+#   parallel  the parallel layouts against one GPU, on every GPU (side by side with the streams above: tiny
+#             runs take a few GB, so they share the GPUs; only the wall time grows)
 # Usage: bash ci/gpu/run-sft-streams.sh [STREAM...] (default: all, in that order). Reports: $OUT/STREAM/.
 set -uo pipefail
 OUT=${OUT:-$PWD/sft-out}
@@ -22,7 +23,7 @@ if wanted variants; then stream variants -k "sft_train and not tiny_projector_on
 if wanted lora; then stream lora -k "image_text_lora" & pids+=($!); fi
 if wanted resume; then stream resume -k "sft_train and resume" & pids+=($!); fi
 if wanted sigkill; then stream sigkill -k "resume_after_kill and sigkill" & pids+=($!); fi
+if wanted parallel; then stream parallel -k "sft_train and parallel" & pids+=($!); fi
 for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
-if wanted parallel; then stream parallel -k "sft_train and parallel" || rc=1; fi
 for name in $STREAMS; do echo "-- $name"; grep -E "^\[sft-gpu|passed|failed|skipped|^E  " "$OUT/$name.log" | head -40; done
 exit $rc

@@ -26,6 +26,7 @@ from omni3_shared.manifest import ArtifactKind, InputRef, tool_info
 from omni3_shared.megatron_omni import build_model
 from omni3_shared.omni_logits import compare_with, multimodal_logits
 from omni3_shared.publish import publish_artifact, staging_path
+from omni3_shared.rendezvous import single_process_rendezvous
 
 TOOL = "omni3-export"
 PACKAGES = ("megatron-bridge", "megatron-core", "transformer-engine", "transformers", "torch")
@@ -58,8 +59,7 @@ def _distributed() -> None:
 
     if not torch.cuda.is_available():
         raise ToolFailure("omni3-export needs a CUDA GPU", fix="run it in the GPU image on a GPU machine")
-    for name, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29541"), ("RANK", "0"), ("WORLD_SIZE", "1")):
-        os.environ.setdefault(name, value)
+    single_process_rendezvous()
     torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
         dist.init_process_group("nccl")

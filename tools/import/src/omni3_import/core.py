@@ -18,6 +18,7 @@ from omni3_shared.errors import ToolFailure
 from omni3_shared.manifest import ArtifactKind, InputRef, tool_info
 from omni3_shared.omni_logits import ARGMAX_AGREEMENT_MIN, MEAN_ABS_ERR_LIMIT, compare_with, multimodal_logits
 from omni3_shared.publish import publish_artifact, staging_path
+from omni3_shared.rendezvous import single_process_rendezvous
 
 TOOL = "omni3-import"
 PACKAGES = ("megatron-bridge", "megatron-core", "transformer-engine", "transformers", "torch")
@@ -33,10 +34,7 @@ def _distributed(tensor_parallel: int, expert_parallel: int) -> None:
 
     if not torch.cuda.is_available():
         raise ToolFailure("omni3-import needs a CUDA GPU", fix="run it in the GPU image on a GPU machine")
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29531")
-    os.environ.setdefault("RANK", "0")
-    os.environ.setdefault("WORLD_SIZE", "1")
+    single_process_rendezvous()
     torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
         dist.init_process_group("nccl")

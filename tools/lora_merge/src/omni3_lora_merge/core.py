@@ -33,6 +33,7 @@ from omni3_shared.manifest import ArtifactKind, InputRef, tool_info
 from omni3_shared.megatron_omni import build_model
 from omni3_shared.omni_logits import ARGMAX_AGREEMENT_MIN, MEAN_ABS_ERR_LIMIT, logit_stats, multimodal_logits
 from omni3_shared.publish import Staging, publish_artifact, staging_path
+from omni3_shared.rendezvous import single_process_rendezvous
 
 TOOL = "omni3-lora-merge"
 PACKAGES = ("megatron-bridge", "megatron-core", "transformer-engine", "transformers", "torch")
@@ -72,8 +73,7 @@ def _distributed(tensor_parallel: int) -> None:
 
     if not torch.cuda.is_available():
         raise ToolFailure("omni3-lora-merge needs a CUDA GPU", fix="run it in the GPU image on a GPU machine")
-    for name, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29551"), ("RANK", "0"), ("WORLD_SIZE", "1")):
-        os.environ.setdefault(name, value)
+    single_process_rendezvous()
     torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
         dist.init_process_group("nccl")

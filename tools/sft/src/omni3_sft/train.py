@@ -14,7 +14,6 @@ import contextlib
 import importlib
 import logging
 import os
-import socket
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from omni3_sft.cli import TOOL
 from omni3_shared.errors import ToolFailure
 from omni3_shared.manifest import ArtifactKind, Hashing, InputRef, tool_info
 from omni3_shared.publish import publish_artifact, staging_path
+from omni3_shared.rendezvous import single_process_rendezvous
 
 PACKAGES = ("megatron-bridge", "megatron-core", "megatron-energon", "transformer-engine", "transformers", "torch")
 # Checkpoints are large: their files carry sizes in the manifest, the small files a sha256 too.
@@ -38,19 +38,6 @@ log = logging.getLogger(TOOL)
 
 def global_rank() -> int:
     return int(os.environ.get("RANK", "0"))
-
-
-def single_process_rendezvous() -> None:
-    """Without torchrun (one GPU, ``python -m omni3_sft``), give torch.distributed the variables it reads,
-    on a free port so that runs side by side do not collide."""
-    if "WORLD_SIZE" in os.environ:
-        return
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    os.environ.update(
-        {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}
-    )
 
 
 @dataclass
