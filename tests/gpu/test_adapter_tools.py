@@ -180,12 +180,6 @@ def test_export_of_the_base_checkpoint_is_verified(run_extra: dict, work: Path) 
     print(json.dumps({"verification": check, "tensors": {k: v for k, v in tensors.items() if "tensors" in k}}))
     assert check["passed"] and check["finite"] and check["mean_abs_err"] < 0.02, check
     assert check["image_tokens"] > 0 and check["sound_tokens"] > 0, check
-    assert tensors["exported_tensors"] > 0, tensors
-    base = read_manifest(Path(run_extra["hf_model"]), ArtifactKind.HF_CHECKPOINT)
-    if base.config.get("vision") == "omit":  # the bridge gave the tower its own init; the export writes it
-        extra = tensors["not_in_reference"]
-        assert extra and all(name.startswith("vision_model.") for name in extra), extra[:10]
-    else:
-        assert tensors["not_in_reference"] == [], tensors
+    assert tensors["exported_tensors"] > 0 and tensors["not_in_reference"] == [], tensors
     imported = read_manifest(source, ArtifactKind.MEGATRON_CHECKPOINT).extra["verification"]
     assert imported["text"]["passed"] and imported["written"]["passed"], imported

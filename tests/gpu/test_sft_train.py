@@ -54,8 +54,10 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if not target.exists():
             shutil.copytree(Path(data) / "datasets" / name, target)
     if not (root / "models" / "tiny_omni_hf" / "omni3-manifest.json").exists():
-        log("writing the tiny Omni with omni3-import tiny (vision omitted: the bridge initialises the tower)")
-        result = tool(root, "omni3_import", "tiny", "--output", "models/tiny_omni_hf", "--vision", "omit")
+        # The full vision tower, as by default: without it each model built from this checkpoint draws its own
+        # random tower, and the lifecycle tools' logit checks (the adapters step) could not match.
+        log("writing the tiny Omni with omni3-import tiny (full vision tower)")
+        result = tool(root, "omni3_import", "tiny", "--output", "models/tiny_omni_hf")
         assert result.returncode == 0, result.stderr[-3000:]
     if not (root / "checkpoints" / "tiny_omni" / "omni3-manifest.json").exists():
         log("importing it with omni3-import (the tiny model's own code needs no --trust-remote-code)")

@@ -19,6 +19,8 @@ from omni3_adapter_export.cli import cli
 Make = Callable[..., Path]
 LAYER = "language_model.backbone.layers."
 REPO = Path(__file__).resolve().parents[3]
+# Megatron-Bridge 0.6.2 derives these target_modules when sound_projection.1 is adapted
+BRIDGE_TARGETS = ["1", "down_proj", "in_proj", "up_proj"]
 
 
 def rename_key(adapter: Path, old_fragment: str, new_fragment: str) -> None:
@@ -165,3 +167,41 @@ def test_a_truncated_adapter_file_is_invalid_input(
     assert "is truncated" in capsys.readouterr().err
     config = json.loads((adapter / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA"
+
+
+def test_a_target_that_also_names_a_decoder_layer_is_refused_then_pinned(
+    tmp_path: Path, make_lora_base: Make, make_adapter: Make
+) -> None:
+    """Megatron-Bridge 0.6.2 writes "1" for the sound projection's ``sound_projection.1``; peft would also match
+    ``layers.1`` (a decoder layer) and refuse to load. The export pins such entries to full module names."""
+    from omni3_adapter_export.adapter_checks import pin_target_modules
+    from omni3_shared.pytest_plugin import LORA_BASE_MODULES
+
+    modules = {**LORA_BASE_MODULES, "sound_projection.1": (8, 16)}
+    base = make_lora_base(tmp_path / "base", modules=modules)
+    adapter = make_adapter(tmp_path / "adapter", base, modules=modules, targets=BRIDGE_TARGETS)
+    refused = verify_adapter(adapter, base, ["in_proj"], load_with_peft=False).record()
+    assert any("['1'] also name base module(s) that are not linears" in p for p in refused["problems"]), refused
+
+    assert pin_target_modules(adapter, base) == {"1": ["sound_projection.1"]}
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["target_modules"] == ["down_proj", "in_proj", "sound_projection.1", "up_proj"]
+    assert pin_target_modules(adapter, base) == {}  # nothing left to pin
+    pytest.importorskip("peft")
+    record = verify_adapter(adapter, base, ["in_proj"]).record()
+    assert record["passed"], record["problems"]
+    assert record["peft_load"]["lora_layers"] == len(modules)
+
+
+def test_peft_refusing_an_adapter_is_a_problem_not_a_crash(
+    tmp_path: Path, make_lora_base: Make, make_adapter: Make
+) -> None:
+    pytest.importorskip("peft")
+    from omni3_shared.pytest_plugin import LORA_BASE_MODULES
+
+    modules = {**LORA_BASE_MODULES, "sound_projection.1": (8, 16)}
+    base = make_lora_base(tmp_path / "base", modules=modules)
+    adapter = make_adapter(tmp_path / "adapter", base, modules=modules, targets=BRIDGE_TARGETS)
+    record = verify_adapter(adapter, base, ["in_proj"]).record()
+    assert not record["passed"]
+    assert any(p.startswith("peft could not load the adapter: Target module") for p in record["problems"]), record

@@ -172,3 +172,19 @@ def test_unknown_key_in_settings_file_is_exit_2(tmp_path: Path, capsys: pytest.C
     (tmp_path / "s.yaml").write_text("hf_pth: x\n")
     assert cli(["--dry-run", "--settings-file", "s.yaml"]) == 2
     assert "unknown setting 'hf_pth'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("recorded", "expected"),
+    [("/models/base", "/models/base"), ("models/base", "/store/models/base")],
+    ids=["absolute", "relative-to-its-storage-root"],
+)
+def test_the_reference_hf_model_comes_from_the_checkpoint_manifest(recorded: str, expected: str) -> None:
+    from types import SimpleNamespace
+
+    from omni3_export.cli import reference_hf_model
+
+    manifest = SimpleNamespace(config={"hf_model": recorded, "storage_root": "/store"})
+    plan = SimpleNamespace(input_manifests={"megatron_checkpoint": manifest})
+    settings = ExportSettings(megatron_path="checkpoints/x", hf_path="exports/x", storage_root="/elsewhere")
+    assert reference_hf_model(settings, plan) == Path(expected)

@@ -2,7 +2,9 @@
 
 1. names: every adapter module (``base_model.model.<module>.lora_{A,B}.weight``) has a ``<module>.weight`` in the
    base checkpoint (read from the safetensors headers, no tensors), with lora_A/lora_B shapes that fit it, and
-   every ``target_modules`` entry of adapter_config.json names some adapter module;
+   every ``target_modules`` entry of adapter_config.json names some adapter module and no container module of
+   the base (peft matches an entry against the end of every module name: "1" from ``sound_projection.1`` would
+   also name ``layers.1``, and peft refuses to wrap it; ``pin_target_modules`` rewrites such entries);
 2. experts: where the adapter touches one routed expert linear (``...experts.<e>.<name>``), it touches that
    linear of every expert of every MoE layer, and a run that targeted linear_fc1/linear_fc2 has expert adapters;
 3. training: at least one lora_B is non-zero (B starts at zero, so an all-zero B means nothing was learned
@@ -187,12 +189,74 @@ def check_names(adapter_dir: Path, hf_model: Path, run_targets: Iterable[str] = 
         report.problems.append(f"{len(misfit)} adapter module(s) do not fit their base weight: {misfit[:SAMPLE]}")
     if not report.modules:
         report.problems.append(f"{weights} holds no LoRA weights")
-    leaf_names = {module.rpartition(".")[2] for module in report.modules}
-    idle_targets = [t for t in report.target_modules if t not in leaf_names and not _is_pattern(t)]
+    idle_targets = [
+        t for t in report.target_modules if not _is_pattern(t) and not any(_names(t, m) for m in report.modules)
+    ]
     if idle_targets:
         report.problems.append(f"target_modules {idle_targets} name no adapter module (adapter_config.json)")
+    wrapped = {target: paths for target, paths in stray_matches(report.target_modules, report.modules, base).items()
+               if any(f"{path}.weight" not in base for path in paths)}  # fmt: skip
+    if wrapped:
+        sample = {target: paths[:3] for target, paths in list(wrapped.items())[:SAMPLE]}
+        report.problems.append(
+            f"target_modules {sorted(wrapped)} also name base module(s) that are not linears, which peft cannot "
+            f"wrap: {sample} (adapter_config.json)"
+        )
     report.expert_modules = _expert_coverage(base, set(report.modules), list(run_targets), report.problems)
     return report
+
+
+def _module_paths(tensor_names: Iterable[str]) -> set[str]:
+    """Every module path of a checkpoint: each dotted prefix of its tensor names."""
+    paths: set[str] = set()
+    for name in tensor_names:
+        parts = name.split(".")[:-1]
+        paths.update(".".join(parts[:end]) for end in range(1, len(parts) + 1))
+    return paths
+
+
+def _names(target: str, path: str) -> bool:
+    """Whether peft's target_modules entry ``target`` (a plain name) selects the module at ``path``."""
+    return path == target or path.endswith("." + target)
+
+
+def stray_matches(targets: Iterable[str], adapter_modules: Iterable[str], base: dict[str, list[int]]):
+    """target -> the base module paths it names that have no adapter (plain names only; patterns are skipped)."""
+    adapted = set(adapter_modules)
+    paths = _module_paths(base)
+    found: dict[str, list[str]] = {}
+    for target in targets:
+        if _is_pattern(target):
+            continue
+        strays = sorted(path for path in paths if _names(target, path) and path not in adapted)
+        if strays:
+            found[target] = strays
+    return found
+
+
+def pin_target_modules(adapter_dir: Path, hf_model: Path) -> dict[str, list[str]]:
+    """Rewrite adapter_config.json so that each plain ``target_modules`` entry that also names base modules
+    without an adapter is replaced by the full names of the adapter modules it stood for; returns the rewrites.
+
+    Megatron-Bridge 0.6.2 derives the entries from the last part of each adapter module's name, so the sound
+    projection's ``sound_projection.1`` becomes "1", which peft also matches on ``layers.1`` (a decoder layer).
+    """
+    config = read_adapter_config(adapter_dir)
+    targets = config.get("target_modules")
+    if not isinstance(targets, list):
+        return {}
+    weights = safetensors_shapes(Path(adapter_dir) / ADAPTER_WEIGHTS)
+    modules = {parsed[0] for key in weights if (parsed := split_key(key))}
+    rewrites = {
+        target: sorted(module for module in modules if _names(target, module))
+        for target in stray_matches(targets, modules, base_shapes(hf_model))
+    }
+    if rewrites:
+        pinned = {module for names in rewrites.values() for module in names}
+        config["target_modules"] = sorted({t for t in targets if t not in rewrites} | pinned)
+        path = Path(adapter_dir) / ADAPTER_CONFIG
+        path.write_text(json.dumps(config, indent=2) + "\n")
+    return rewrites
 
 
 def _is_pattern(target: str) -> bool:
@@ -310,7 +374,12 @@ def check_peft_load(adapter_dir: Path, hf_model: Path, report: AdapterReport) ->
     tree = module_tree(hf_model, modules)
     config = LoraConfig.from_pretrained(str(adapter_dir))
     config.task_type = None  # the tree is no CausalLM: plain PeftModel loads onto any module
-    model = PeftModel.from_pretrained(tree, str(adapter_dir), config=config)
+    try:
+        model = PeftModel.from_pretrained(tree, str(adapter_dir), config=config)
+    except ValueError as exc:  # peft refuses e.g. a target that names a container module
+        report.peft = {"loaded_tensors": 0, "error": str(exc).splitlines()[0][:300]}
+        report.problems.append(f"peft could not load the adapter: {report.peft['error']}")
+        return
     saved = load_file(str(Path(adapter_dir) / ADAPTER_WEIGHTS))
     loaded = {key: value.detach() for key, value in get_peft_model_state_dict(model).items()}
     missing = sorted(set(saved) - set(loaded))

@@ -41,8 +41,10 @@ class AdapterExportCommands(ToolCommands):
     shards, the output is new (or --force) and its disk has room.
     With --verify (default), before anything is published: every adapter module must name a tensor of the base
     checkpoint with fitting lora_A/lora_B shapes, every routed expert linear of an adapted kind must have its
-    adapter, some lora_B must be non-zero, and peft must load the adapter onto the base model's module tree with
-    every tensor applied and changed outputs. `check` runs the same checks on any PEFT adapter directory.
+    adapter, no target_modules entry may name a base module that is not a linear (ambiguous entries from
+    Megatron-Bridge are first pinned to full module names), some lora_B must be non-zero, and peft must load the
+    adapter onto the base model's module tree with every tensor applied and changed outputs. `check` runs the
+    same checks on any PEFT adapter directory.
     """
 
     _settings_cls = AdapterExportSettings

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from omni3_adapter_export import __version__
-from omni3_adapter_export.adapter_checks import verify_adapter
+from omni3_adapter_export.adapter_checks import pin_target_modules, verify_adapter
 from omni3_adapter_export.settings import AdapterExportSettings
 from omni3_shared.errors import ToolFailure
 from omni3_shared.lora_run import LoraRun
@@ -85,6 +85,11 @@ def run_adapter_export(
                 f"Megatron-Bridge wrote {produced or 'nothing'}, not adapter_config.json and adapter_model.safetensors",
                 fix="rerun with --debug and report the log; nothing was published",
             )
+        # Megatron-Bridge's target_modules may name more than the adapter (e.g. "1" for sound_projection.1):
+        # ambiguous entries become the full names of the adapted modules, so peft attaches exactly those.
+        pinned = pin_target_modules(staging.path, run.hf_model)
+        if pinned:
+            log.info("target_modules pinned to full module names: %s", json.dumps(pinned))
         verification: dict[str, Any] | None = None
         if settings.verify:
             started = time.monotonic()
@@ -106,6 +111,7 @@ def run_adapter_export(
                 "hf_model": str(run.hf_model),
                 "lora": {"target_modules": run.target_modules, "dim": run.dim, "alpha": run.alpha},
                 "parallel_at_training": run.parallel,
+                "target_modules_pinned": pinned,
                 "verification": verification,
             }
         )

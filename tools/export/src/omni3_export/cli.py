@@ -94,7 +94,11 @@ def reference_hf_model(settings: ExportSettings, plan: Plan) -> Path:
             "the Megatron checkpoint records no HF model to take config and tokenizer from",
             fix="pass --hf-model with the HF checkpoint it was imported from",
         )
-    return Path(recorded)
+    recorded_path = Path(recorded)
+    root = manifest.config.get("storage_root")
+    if not recorded_path.is_absolute() and root:  # an older manifest kept the setting as given
+        return Path(root) / recorded_path
+    return recorded_path
 
 
 def cli(argv: Sequence[str] | None = None) -> int:

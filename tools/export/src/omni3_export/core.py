@@ -98,7 +98,12 @@ def run_export(
         reference, _ = multimodal_logits(model, hf_model)
         reference = reference.cpu()  # the source leaves the GPU before the exported copy is built
     output = settings.resolve_path(settings.hf_path).absolute()
-    config = {"megatron_path": str(megatron_dir), "hf_model": str(hf_model), **settings.model_dump(mode="json")}
+    # The resolved paths win over the settings' own (maybe relative to the storage root) values.
+    config = {
+        **settings.model_dump(mode="json"),
+        "megatron_path": str(megatron_dir.absolute()),
+        "hf_model": str(hf_model.absolute()),
+    }
 
     def export_and_verify(target: Path) -> dict[str, Any] | None:
         nonlocal model

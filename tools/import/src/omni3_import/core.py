@@ -170,7 +170,9 @@ def run_import(
         reference, _ = multimodal_logits(model, hf_path)
         reference = reference.cpu()
     output = settings.resolve_path(settings.megatron_path).absolute()
-    config = {"hf_model": str(hf_path), **settings.model_dump(mode="json")}
+    # The resolved absolute path wins over the setting (maybe relative to the storage root): readers of this
+    # manifest (omni3-export, omni3-sft) run with other storage roots.
+    config = {**settings.model_dump(mode="json"), "hf_model": str(hf_path.absolute())}
 
     def save_and_verify(target: Path) -> dict[str, Any] | None:
         nonlocal model
