@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from omni3_shared.omni_logits import logit_stats, within_limits
@@ -28,3 +30,17 @@ def test_non_finite_logits_fail() -> None:
     broken[0, 3, 5] = float("nan")
     stats = logit_stats(logits(0), broken)
     assert stats["finite"] is False and not within_limits(stats)
+
+
+def test_the_mismatch_fix_names_a_missing_vision_tower(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from omni3_shared.omni_logits import logit_mismatch_fix
+
+    with_tower, without = tmp_path / "with", tmp_path / "without"
+    for folder, names in ((with_tower, ["vision_model.a.weight", "language_model.b.weight"]), (without, ["x.weight"])):
+        folder.mkdir()
+        save_file({name: torch.zeros(2) for name in names}, str(folder / "model.safetensors"))
+    assert logit_mismatch_fix(with_tower, "rerun") == "rerun"
+    message = logit_mismatch_fix(without, "rerun")
+    assert "has no vision tensors" in message and "--noverify" in message

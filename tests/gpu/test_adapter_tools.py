@@ -158,6 +158,7 @@ def test_lora_merge_publishes_a_verified_merged_checkpoint(
     assert effect["max_abs_err"] > 0, f"base+adapter logits equal the base logits: {effect}"
     assert check["image_tokens"] > 0 and check["sound_tokens"] > 0, check
     assert weights["changed"] > 0 and weights["expected_but_unchanged_count"] == 0, weights
+    assert weights["merge_residuals"]["mis_merged"] == 0, weights["merge_residuals"]
     if any(t.rpartition(".")[2] in MEGATRON_EXPERT_TARGETS for t in run_extra["peft"]["target_modules"]):
         assert weights["expert_targets"] > 0 and weights["expert_targets_changed"] > 0, weights
     names = {entry.path for entry in manifest.files}

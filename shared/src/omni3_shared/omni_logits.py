@@ -18,6 +18,7 @@ MEAN_ABS_ERR_LIMIT = 0.02
 ARGMAX_AGREEMENT_MIN = 0.9
 IMAGE_TOKEN_ID = 18  # the tiny Omni's <image> context token; counted only for the record
 SOUND_TOKEN_ID = 27
+VISION_PREFIX = "vision_model."  # the vision tower's tensors in the Omni HF checkpoint
 
 
 def multimodal_batch(hf_dir: Path, temporal_patch_dim: int = 1) -> dict[str, Any]:
@@ -131,6 +132,23 @@ def within_limits(stats: dict[str, float]) -> bool:
         bool(stats.get("finite", True))
         and stats["mean_abs_err"] <= MEAN_ABS_ERR_LIMIT
         and stats["argmax_agreement"] >= ARGMAX_AGREEMENT_MIN
+    )
+
+
+def logit_mismatch_fix(hf_dir: Path, fix: str) -> str:
+    """The fix to print when two models built from ``hf_dir`` disagree: ``fix``, unless the checkpoint has no
+    vision tensors, where every model Megatron-Bridge builds gets its own random tower and no check through the
+    image can match (seen on H100s with ``omni3-import tiny --vision omit``, 2026-11-26)."""
+    from safetensors import safe_open
+
+    for shard in sorted(Path(hf_dir).glob("*.safetensors")):
+        with safe_open(str(shard), framework="pt") as handle:
+            if any(key.startswith(VISION_PREFIX) for key in handle.keys()):  # noqa: SIM118 (safe_open is no dict)
+                return fix
+    return (
+        f"{hf_dir} has no vision tensors (omni3-import tiny --vision omit?): Megatron-Bridge gives every model it "
+        "builds from it a new random vision tower, so no check through the image can match; use a checkpoint with "
+        "its vision tower (omni3-import tiny writes one by default) or --noverify"
     )
 
 

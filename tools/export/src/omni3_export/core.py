@@ -24,7 +24,7 @@ from omni3_export.settings import ExportSettings
 from omni3_shared.errors import ToolFailure
 from omni3_shared.manifest import ArtifactKind, InputRef, tool_info
 from omni3_shared.megatron_omni import build_model
-from omni3_shared.omni_logits import compare_with, multimodal_logits
+from omni3_shared.omni_logits import compare_with, logit_mismatch_fix, multimodal_logits
 from omni3_shared.publish import publish_artifact, staging_path
 from omni3_shared.rendezvous import single_process_rendezvous
 
@@ -136,7 +136,7 @@ def run_export(
                 f"verification failed: exported vs source logits on the image + audio + text batch, mean error "
                 f"{verification['mean_abs_err']:.4f}, argmax agreement {verification['argmax_agreement']:.3f}, "
                 f"finite {verification['finite']}",
-                fix="report it with the manifest of the source checkpoint; nothing was written",
+                fix=logit_mismatch_fix(hf_model, "report it with the source's manifest; nothing was written"),
             )
         staging.extra.update({"tensors": accounting, "world_size": world, "verification": verification})
     return output

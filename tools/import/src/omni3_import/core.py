@@ -16,7 +16,13 @@ from omni3_import import __version__
 from omni3_import.settings import ImportSettings
 from omni3_shared.errors import ToolFailure
 from omni3_shared.manifest import ArtifactKind, InputRef, tool_info
-from omni3_shared.omni_logits import ARGMAX_AGREEMENT_MIN, MEAN_ABS_ERR_LIMIT, compare_with, multimodal_logits
+from omni3_shared.omni_logits import (
+    ARGMAX_AGREEMENT_MIN,
+    MEAN_ABS_ERR_LIMIT,
+    compare_with,
+    logit_mismatch_fix,
+    multimodal_logits,
+)
 from omni3_shared.publish import publish_artifact, staging_path
 from omni3_shared.rendezvous import single_process_rendezvous
 
@@ -204,7 +210,7 @@ def run_import(
                     f"verification failed: the written checkpoint's logits on the image + audio + text batch differ "
                     f"from the converted model's (mean error {written['mean_abs_err']:.4f}, argmax agreement "
                     f"{written['argmax_agreement']:.3f}, finite {written['finite']})",
-                    fix="check the free disk space and rerun; nothing was written",
+                    fix=logit_mismatch_fix(hf_path, "check the free disk space and rerun; nothing was written"),
                 )
         staging.extra.update(
             {

@@ -9,7 +9,9 @@ Steps (each logged with its time):
              experts included, into its HF tensor); megatron: the same into a scratch folder, imported again
              without LoRA and saved with ``save_megatron_model``.
   4. verify  every HF tensor an adapter with a non-zero lora_B targets differs from the base tensor, and the
-             merged checkpoint, loaded back, gives the base+adapter logits.
+             merged checkpoint, loaded back, gives the base+adapter logits; each merged tensor is also compared
+             with base + alpha/dim * B @ A (``merge_check``: the scale the merge applied, what is left beyond
+             bf16 rounding), recorded in the manifest to say which tensors a failing merge got wrong.
 Launch with ``torchrun --nproc-per-node N`` where N is the tensor-parallel size (or plain python for one GPU).
 This module has not run on a GPU machine yet; tests/gpu/test_adapter_tools.py is its first proof.
 """
@@ -26,12 +28,19 @@ from pathlib import Path
 from typing import Any
 
 from omni3_lora_merge import __version__
+from omni3_lora_merge.merge_check import merge_residuals
 from omni3_lora_merge.settings import LoraMergeSettings
 from omni3_shared.errors import ToolFailure
 from omni3_shared.lora_run import LoraRun, base_weight_files
 from omni3_shared.manifest import ArtifactKind, InputRef, tool_info
 from omni3_shared.megatron_omni import build_model
-from omni3_shared.omni_logits import ARGMAX_AGREEMENT_MIN, MEAN_ABS_ERR_LIMIT, logit_stats, multimodal_logits
+from omni3_shared.omni_logits import (
+    ARGMAX_AGREEMENT_MIN,
+    MEAN_ABS_ERR_LIMIT,
+    logit_mismatch_fix,
+    logit_stats,
+    multimodal_logits,
+)
 from omni3_shared.publish import Staging, publish_artifact, staging_path
 from omni3_shared.rendezvous import single_process_rendezvous
 
@@ -122,20 +131,29 @@ def load_adapters(model: list, lora: Any, iteration_dir: Path) -> int:
     return len(loaded["model"])
 
 
-def adapter_targets(bridge: Any, model: list) -> dict[str, bool]:
-    """HF tensor name of every adapter's base weight -> whether its lora_B is non-zero (collective)."""
+def adapter_targets(bridge: Any, model: list) -> tuple[dict[str, bool], dict[str, dict[str, Any]]]:
+    """HF tensor name of every adapter's base weight -> whether its lora_B is non-zero, and (rank 0) its lora_A
+    and lora_B on the CPU for the weight-level check (collective)."""
     targets: dict[str, bool] = {}
+    factors: dict[str, dict[str, Any]] = {}
+    keep = rank() == 0
     for name, weight in bridge.export_adapter_weights(model, cpu=True, show_progress=False):
         base, _, suffix = name.rpartition(".lora_")
-        if suffix.startswith("B"):
-            targets[f"{base}.weight"] = targets.get(f"{base}.weight", False) or bool(weight.abs().max().item() > 0)
+        key, which = f"{base}.weight", suffix[:1]  # "A" or "B"
+        if which == "B":
+            targets[key] = targets.get(key, False) or bool(weight.abs().max().item() > 0)
         else:
-            targets.setdefault(f"{base}.weight", False)
-    return targets
+            targets.setdefault(key, False)
+        if keep:
+            factors.setdefault(key, {})[which] = weight
+    return targets, factors
 
 
-def changed_tensors(base_dir: Path, merged_dir: Path, targets: dict[str, bool]) -> dict[str, Any]:
-    """Which adapter-targeted tensors differ between the base and the merged HF checkpoint (rank 0, CPU)."""
+def changed_tensors(
+    base_dir: Path, merged_dir: Path, targets: dict[str, bool], factors: dict[str, dict[str, Any]], scale: float
+) -> dict[str, Any]:
+    """Which adapter-targeted tensors differ between the base and the merged HF checkpoint, and how each merged
+    tensor compares with base + scale * B @ A (rank 0, CPU)."""
     import torch
     from safetensors import safe_open
 
@@ -162,6 +180,7 @@ def changed_tensors(base_dir: Path, merged_dir: Path, targets: dict[str, bool]) 
         "missing_in_merged": sorted(names - set(merged))[:10],
         "expected_but_unchanged": unchanged[:10],
         "expected_but_unchanged_count": len(unchanged),
+        "merge_residuals": merge_residuals(base, merged, factors, scale),
     }
 
 
@@ -220,7 +239,7 @@ def run_merge(settings: LoraMergeSettings, run: LoraRun, inputs: list[InputRef],
         with lora.disable_adapter(model):
             base_logits, _ = multimodal_logits(model, run.hf_model)
         effect = logit_stats(adapted, base_logits)
-        targets = adapter_targets(bridge, model)
+        targets, factors = adapter_targets(bridge, model)
     output = settings.resolve_path(settings.output).absolute()
     kind = ArtifactKind.HF_CHECKPOINT if settings.output_format == "hf" else ArtifactKind.MEGATRON_CHECKPOINT
     config = {"lora_run": run.summary(), **settings.model_dump(mode="json")}
@@ -233,7 +252,9 @@ def run_merge(settings: LoraMergeSettings, run: LoraRun, inputs: list[InputRef],
                 show_progress=False,
             )  # fmt: skip
             dist.barrier()
-            weights = changed_tensors(run.hf_model, hf_dir, targets) if rank() == 0 else None
+            scale = run.alpha / run.dim
+            weights = changed_tensors(run.hf_model, hf_dir, targets, factors, scale) if rank() == 0 else None
+            del factors
             del model
             torch.cuda.empty_cache()
             if settings.output_format == "megatron":
@@ -274,7 +295,8 @@ def run_merge(settings: LoraMergeSettings, run: LoraRun, inputs: list[InputRef],
             shutil.rmtree(hf_dir, ignore_errors=True)  # the scratch HF copy is no part of a Megatron artifact
         if problems:
             raise ToolFailure(
-                f"merge verification failed: {problems[0]}", fix="nothing was published; see the verification log"
+                f"merge verification failed: {problems[0]}",
+                fix=logit_mismatch_fix(run.hf_model, "nothing was published; see the verification log"),
             )
         staging.extra.update(
             {
