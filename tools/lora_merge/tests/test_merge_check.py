@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from omni3_lora_merge.merge_check import merge_residuals
+from omni3_lora_merge.merge_check import judge, merge_residuals
 
 torch = pytest.importorskip("torch")
 SCALE = 2.0  # alpha 32 / dim 16, as the tiny LoRA runs
@@ -61,3 +61,39 @@ def test_a_zero_lora_b_and_a_shape_mismatch() -> None:
     base = {"zero.weight": torch.ones(24, 16), "transposed.weight": torch.ones(16, 24)}
     report = merge_residuals(base, dict(base), factors, SCALE)
     assert report["tensors"] == 1 and report["mis_merged_sample"] == ["transposed.weight"], report
+
+
+def stats(mean: float, argmax: float = 1.0, finite: bool = True) -> dict:
+    return {"max_abs_err": 4 * mean, "mean_abs_err": mean, "argmax_agreement": argmax, "finite": finite}
+
+
+def weights(mis_merged: int = 0, unchanged: int = 0) -> dict:
+    residuals = {"scale": 2.0, "tensors": 160, "fitted_scale_min": 1.9, "fitted_scale_max": 2.1,
+                 "mis_merged": mis_merged, "mis_merged_sample": ["x.weight"] if mis_merged else []}  # fmt: skip
+    return {"expected_but_unchanged_count": unchanged, "expected_but_unchanged": ["y.weight"] * unchanged,
+            "missing_in_merged": [], "merge_residuals": residuals}  # fmt: skip
+
+
+def test_judge_passes_a_merge_within_the_shared_bar() -> None:
+    assert judge(stats(0.005), stats(0.09), weights()) == []
+
+
+def test_judge_passes_bf16_rounding_when_every_tensor_is_merged_right() -> None:
+    """The H100 run of 2026-11-26: mean 0.0252 and argmax 0.806 against an adapter effect of 0.092."""
+    assert judge(stats(0.0252, 0.806), stats(0.092, 0.37), weights()) == []
+
+
+@pytest.mark.parametrize(
+    ("label", "merged", "effect", "record", "expected"),
+    [
+        ("mis-merged tensor", stats(0.0252, 0.806), stats(0.092), weights(mis_merged=1), "1 merged tensor(s) differ"),
+        ("no weight record", stats(0.0252, 0.806), stats(0.092), None, "merged vs base+adapter logits"),
+        ("lost adapter", stats(0.09, 0.4), stats(0.092), weights(), "merged vs base+adapter logits"),
+        ("unchanged tensor", stats(0.005), stats(0.09), weights(unchanged=2), "2 tensor(s) with a trained adapter"),
+        ("no effect", stats(0.0), {**stats(0.0), "max_abs_err": 0.0}, weights(), "equal the base logits"),
+        ("not finite", stats(0.005, finite=False), stats(0.09), weights(), "not finite"),
+    ],
+)
+def test_judge_names_each_failure(label: str, merged: dict, effect: dict, record: dict | None, expected: str) -> None:
+    problems = judge(merged, effect, record)
+    assert any(expected in problem for problem in problems), (label, problems)

@@ -28,15 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from omni3_lora_merge import __version__
-from omni3_lora_merge.merge_check import merge_residuals
+from omni3_lora_merge.merge_check import judge, merge_residuals
 from omni3_lora_merge.settings import LoraMergeSettings
 from omni3_shared.errors import ToolFailure
 from omni3_shared.lora_run import LoraRun, base_weight_files
 from omni3_shared.manifest import ArtifactKind, InputRef, tool_info
 from omni3_shared.megatron_omni import build_model
 from omni3_shared.omni_logits import (
-    ARGMAX_AGREEMENT_MIN,
-    MEAN_ABS_ERR_LIMIT,
     logit_mismatch_fix,
     logit_stats,
     multimodal_logits,
@@ -47,11 +45,6 @@ from omni3_shared.rendezvous import single_process_rendezvous
 TOOL = "omni3-lora-merge"
 PACKAGES = ("megatron-bridge", "megatron-core", "transformer-engine", "transformers", "torch")
 log = logging.getLogger(TOOL)
-# Merged vs base+adapter logits, both bf16 Megatron forwards: the merged weight W + s*B@A is rounded to bf16 once,
-# the unmerged forward rounds W@x and s*B@(A@x) apart. The shared bar (MEAN_ABS_ERR_LIMIT, ARGMAX_AGREEMENT_MIN)
-# is the loose bound; the merge must also sit closer to base+adapter than the base does (when the adapter's
-# effect is above bf16 noise), or the adapter was lost in the merge.
-MEASURABLE_EFFECT = 1e-3
 SCRATCH_HF = ".merged_hf"
 LORA_KEYS = ("target_modules", "exclude_modules", "dim", "alpha", "dropout", "dropout_position",
              "normalize_moe_lora", "share_expert_adapters")  # fmt: skip
@@ -182,31 +175,6 @@ def changed_tensors(
         "expected_but_unchanged_count": len(unchanged),
         "merge_residuals": merge_residuals(base, merged, factors, scale),
     }
-
-
-def judge(merged: dict[str, Any], effect: dict[str, Any], weights: dict[str, Any] | None) -> list[str]:
-    """The problems that fail the merge; empty when it passed."""
-    problems = []
-    if not merged["finite"]:
-        problems.append("the logits are not finite")
-    if merged["mean_abs_err"] > MEAN_ABS_ERR_LIMIT or merged["argmax_agreement"] < ARGMAX_AGREEMENT_MIN:
-        problems.append(
-            f"merged vs base+adapter logits: mean error {merged['mean_abs_err']:.4f} (limit {MEAN_ABS_ERR_LIMIT}), "
-            f"argmax agreement {merged['argmax_agreement']:.3f} (minimum {ARGMAX_AGREEMENT_MIN})"
-        )
-    if effect["max_abs_err"] == 0:
-        problems.append("base+adapter logits equal the base logits: the adapters were not loaded or change nothing")
-    elif effect["mean_abs_err"] > MEASURABLE_EFFECT and merged["mean_abs_err"] >= effect["mean_abs_err"]:
-        problems.append(
-            f"the merged model is no closer to base+adapter (mean error {merged['mean_abs_err']:.4f}) than the base "
-            f"is ({effect['mean_abs_err']:.4f}): the adapters were lost in the merge"
-        )
-    if weights and (weights["expected_but_unchanged_count"] or weights["missing_in_merged"]):
-        problems.append(
-            f"{weights['expected_but_unchanged_count']} tensor(s) with a trained adapter are unchanged by the merge "
-            f"({weights['expected_but_unchanged'][:3]}), {len(weights['missing_in_merged'])} missing"
-        )
-    return problems
 
 
 @contextmanager

@@ -12,12 +12,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from omni3_shared.omni_logits import ARGMAX_AGREEMENT_MIN, MEAN_ABS_ERR_LIMIT, within_limits
+
 WORST_LISTED = 5
 # A tensor is counted as mis-merged when its residual exceeds half of the adapter's own largest change and also
 # several times the bf16 rounding of the merged values (so a tiny, fully rounded-off adapter is not counted).
 RESIDUAL_SHARE = 0.5
 ROUNDING_FACTOR = 4.0
 BF16_RELATIVE_STEP = 2.0**-8
+# Logits, merged vs base+adapter. The shared bar (MEAN_ABS_ERR_LIMIT, ARGMAX_AGREEMENT_MIN) is the noise of two
+# bf16 forwards through other kernels. A merge adds one more rounding: W + s*B@A is stored in bf16, and an adapter
+# whose change is near the bf16 step of W (a short run) loses part of itself there. So a merge whose every tensor is
+# proven right above (no mis-merged tensor) passes as well when its logits sit well closer to base+adapter than
+# the base's do: at most EFFECT_SHARE of the adapter's own effect. A lost adapter sits at the full effect.
+MEASURABLE_EFFECT = 1e-3
+EFFECT_SHARE = 0.5
 
 
 def merge_residuals(
@@ -71,3 +80,43 @@ def merge_residuals(
 
 def _rounded(entry: dict[str, Any]) -> dict[str, Any]:
     return {key: round(value, 6) if isinstance(value, float) else value for key, value in entry.items()}
+
+
+def judge(merged: dict[str, Any], effect: dict[str, Any], weights: dict[str, Any] | None) -> list[str]:
+    """The problems that fail a merge (empty when it passed), from ``logit_stats`` of merged vs base+adapter
+    (``merged``) and base vs base+adapter (``effect``) and ``weights`` (the tensor record with merge_residuals)."""
+    problems = []
+    if not merged["finite"]:
+        problems.append("the logits are not finite")
+    if effect["max_abs_err"] == 0:
+        problems.append("base+adapter logits equal the base logits: the adapters were not loaded or change nothing")
+    residuals = (weights or {}).get("merge_residuals")
+    if weights and (weights["expected_but_unchanged_count"] or weights["missing_in_merged"]):
+        problems.append(
+            f"{weights['expected_but_unchanged_count']} tensor(s) with a trained adapter are unchanged by the merge "
+            f"({weights['expected_but_unchanged'][:3]}), {len(weights['missing_in_merged'])} missing"
+        )
+    if residuals and residuals["mis_merged"]:
+        problems.append(
+            f"{residuals['mis_merged']} merged tensor(s) differ from base + alpha/dim x lora_B @ lora_A beyond bf16 "
+            f"rounding (fitted scales {residuals['fitted_scale_min']}..{residuals['fitted_scale_max']}, expected "
+            f"{residuals['scale']}): {residuals['mis_merged_sample']}"
+        )
+    if not within_limits(merged) and not _well_closer(merged, effect, residuals):
+        problems.append(
+            f"merged vs base+adapter logits: mean error {merged['mean_abs_err']:.4f}, argmax agreement "
+            f"{merged['argmax_agreement']:.3f} (the bar: mean error at most {MEAN_ABS_ERR_LIMIT} with argmax agreement "
+            f"at least {ARGMAX_AGREEMENT_MIN}, or, with every tensor merged right, at most {EFFECT_SHARE} of the "
+            f"adapter's own effect, mean {effect['mean_abs_err']:.4f})"
+        )
+    return problems
+
+
+def _well_closer(merged: dict[str, Any], effect: dict[str, Any], residuals: dict[str, Any] | None) -> bool:
+    proven = bool(residuals) and residuals["tensors"] > 0 and residuals["mis_merged"] == 0
+    return (
+        proven
+        and merged["finite"]
+        and effect["mean_abs_err"] > MEASURABLE_EFFECT
+        and merged["mean_abs_err"] <= EFFECT_SHARE * effect["mean_abs_err"]
+    )
