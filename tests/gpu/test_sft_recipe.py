@@ -97,3 +97,12 @@ def test_cord_recipe_on_an_energon_dataset(store: Path, settings_for: Any) -> No
     assert isinstance(config.dataset, EnergonDatasetConfig)
     assert config.dataset.task_encoder.use_temporal_video_embedder is False
     config.dataset.validate()
+
+
+def test_the_optimizer_section_reaches_the_optimizer_and_scheduler(store: Path, settings_for: Any) -> None:
+    resolved, settings = settings_for(store, "image_text_peft")
+    untouched = recipe.build_config_container(resolved, settings)
+    resolved["optimizer"] = {"lr": 1e-3, "min_lr": 1e-4, "lr_warmup_iters": 0}
+    config = recipe.build_config_container(resolved, settings)
+    assert (config.optimizer.lr, config.optimizer.min_lr, config.scheduler.lr_warmup_iters) == (1e-3, 1e-4, 0)
+    assert (untouched.optimizer.lr, untouched.scheduler.lr_warmup_iters) != (1e-3, 0)  # the recipe's own

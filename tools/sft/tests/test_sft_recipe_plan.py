@@ -147,6 +147,13 @@ def test_log_interval_reaches_the_logger_only_when_set() -> None:
     assert "logger.log_interval" not in dict(recipe.plan_recipe(resolved("default"), FACTS).assignments)
 
 
+def test_the_optimizer_section_sets_only_what_it_names() -> None:
+    values = assignments("image_text_peft", "optimizer.lr=1e-3", "optimizer.lr_warmup_iters=0")
+    assert values["optimizer.lr"] == 1e-3 and values["scheduler.lr_warmup_iters"] == 0
+    assert "optimizer.min_lr" not in values
+    assert not {"optimizer.lr", "optimizer.min_lr", "scheduler.lr_warmup_iters"} & set(assignments("default"))
+
+
 def test_pipeline_parallel_sets_the_pipeline_dtype() -> None:
     values = assignments("tiny", "model.pipeline_model_parallel_size=2")
     assert values["model.pipeline_dtype"] == Attribute("torch:bfloat16")

@@ -155,6 +155,9 @@ def test_overrides_leave_the_document_untouched() -> None:
         ("model.freeze_language_model=perhaps", "model.freeze_language_model"),
         ("dataset.modality_filter=smell", "dataset.modality_filter"),
         ("peft.dim=8", "peft.target_modules"),  # a new peft section needs its target modules
+        ("optimizer.lr=-1e-4", "optimizer.lr"),
+        ("optimizer.lr_warmup_iters=-5", "optimizer.lr_warmup_iters"),
+        ("optimizer.learning_rate=1e-4", "unknown key 'optimizer.learning_rate'"),
     ],
 )
 def test_bad_overrides_are_usage_errors(override: str, message: str) -> None:
@@ -216,3 +219,11 @@ def test_literal_relative_paths_resolve_under_storage_root(tmp_path: Path) -> No
     assert resolved["dataset"]["path"] == str(tmp_path / "data" / "mine")
     assert resolved["checkpoint"]["pretrained_checkpoint"] == "/abs/ckpt"
     assert resolved["checkpoint"]["save"] == str(tmp_path / "out")
+
+
+def test_the_optimizer_section_is_optional_and_checked() -> None:
+    assert load("default").optimizer.model_dump() == {"lr": None, "min_lr": None, "lr_warmup_iters": None}
+    config = load("image_text_peft", "optimizer.lr=1e-3", "optimizer.lr_warmup_iters=0")
+    assert config.optimizer.model_dump() == {"lr": 1e-3, "min_lr": None, "lr_warmup_iters": 0}
+    with pytest.raises(UsageError, match="min_lr 0.01 is above lr 0.001"):
+        load("default", "optimizer.lr=1e-3", "optimizer.min_lr=1e-2")

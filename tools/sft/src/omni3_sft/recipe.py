@@ -40,6 +40,8 @@ RECIPE_FUNCTIONS = {
     "nemotron_omni_valor32k_peft_config": "nemotron_omni_valor32k_peft_4gpu_h100_bf16_config",
 }
 HF_PATH_ATTRIBUTE = "_DEFAULT_HF_PATH"
+# The stage config's optimizer section -> the ConfigContainer fields it sets.
+OPTIMIZER_FIELDS = {"lr": "optimizer.lr", "min_lr": "optimizer.min_lr", "lr_warmup_iters": "scheduler.lr_warmup_iters"}
 FORWARD_STEP = "megatron.bridge.training.nemotron_omni_step:forward_step"
 LORA = "megatron.bridge.peft.lora:LoRA"
 HF_SOURCE = "megatron.bridge.data.builders:HFDatasetSourceConfig"
@@ -188,6 +190,8 @@ def plan_recipe(resolved: Mapping[str, Any], facts: RecipeFacts) -> RecipePlan:
     ]
     if train.get("log_interval") is not None:
         out.append(("logger.log_interval", train["log_interval"]))
+    optimizer = resolved.get("optimizer") or {}
+    out += [(target, optimizer[name]) for name, target in OPTIMIZER_FIELDS.items() if optimizer.get(name) is not None]
     if peft:
         out.append(
             (

@@ -11,7 +11,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, PositiveInt, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
 
 from omni3_sft.settings import SftSettings
 from omni3_shared.errors import UsageError
@@ -62,6 +71,20 @@ class TrainSection(Section):
     log_interval: PositiveInt | None = None  # iterations per metrics line and progress line; unset: the recipe's
 
 
+class OptimizerSection(Section):
+    """The learning-rate schedule; an unset field keeps the recipe's (cosine from lr down to min_lr)."""
+
+    lr: PositiveFloat | None = None  # the peak learning rate
+    min_lr: NonNegativeFloat | None = None  # where the cosine decay ends
+    lr_warmup_iters: NonNegativeInt | None = None  # iterations of linear warm-up to lr
+
+    @model_validator(mode="after")
+    def _floor_below_peak(self) -> OptimizerSection:
+        if self.lr is not None and self.min_lr is not None and self.min_lr > self.lr:
+            raise ValueError(f"min_lr {self.min_lr} is above lr {self.lr}")
+        return self
+
+
 class CheckpointSection(Section):
     pretrained_checkpoint: str = "${megatron_checkpoint}"
     save: str = "${run_dir}/checkpoints"
@@ -82,6 +105,7 @@ class StageConfig(Section):
     dataset: DatasetSection
     model: ModelSection = ModelSection()
     train: TrainSection
+    optimizer: OptimizerSection = OptimizerSection()
     checkpoint: CheckpointSection = CheckpointSection()
     peft: PeftSection | None = None
 
