@@ -225,5 +225,5 @@ def test_the_optimizer_section_is_optional_and_checked() -> None:
     assert load("default").optimizer.model_dump() == {"lr": None, "min_lr": None, "lr_warmup_iters": None}
     config = load("image_text_peft", "optimizer.lr=1e-3", "optimizer.lr_warmup_iters=0")
     assert config.optimizer.model_dump() == {"lr": 1e-3, "min_lr": None, "lr_warmup_iters": 0}
-    with pytest.raises(UsageError, match="min_lr 0.01 is above lr 0.001"):
+    with pytest.raises(UsageError, match=r"min_lr 0\.01 is above lr 0\.001"):
         load("default", "optimizer.lr=1e-3", "optimizer.min_lr=1e-2")
