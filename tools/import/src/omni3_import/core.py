@@ -32,7 +32,18 @@ PACKAGES = ("megatron-bridge", "megatron-core", "transformer-engine", "transform
 # model (H100, 2026-11-26); the max is dominated by MoE routing flips near ties, so mean and argmax decide.
 
 
-def _distributed(tensor_parallel: int, expert_parallel: int) -> None:
+def layout(settings: ImportSettings) -> dict[str, int]:
+    """The model-parallel sizes of this run, as Megatron's provider fields (experts are not split by TP at EP>1)."""
+    tensor_parallel, expert_parallel = settings.tensor_parallel_size, settings.expert_parallel_size
+    return {
+        "tensor_model_parallel_size": tensor_parallel,
+        "expert_model_parallel_size": expert_parallel,
+        "expert_tensor_parallel_size": 1 if expert_parallel > 1 else tensor_parallel,
+        "pipeline_model_parallel_size": 1,
+    }
+
+
+def _distributed(sizes: dict[str, int]) -> None:
     import torch
     import torch.distributed as dist
     from megatron.core import parallel_state
@@ -45,9 +56,9 @@ def _distributed(tensor_parallel: int, expert_parallel: int) -> None:
     if not dist.is_initialized():
         dist.init_process_group("nccl")
     parallel_state.initialize_model_parallel(
-        tensor_model_parallel_size=tensor_parallel,
-        expert_model_parallel_size=expert_parallel,
-        expert_tensor_parallel_size=1 if expert_parallel > 1 else tensor_parallel,
+        tensor_model_parallel_size=sizes["tensor_model_parallel_size"],
+        expert_model_parallel_size=sizes["expert_model_parallel_size"],
+        expert_tensor_parallel_size=sizes["expert_tensor_parallel_size"],
     )
     model_parallel_cuda_manual_seed(0)
 
@@ -60,10 +71,8 @@ def build_model(hf_path: Path, settings: ImportSettings, trust_remote_code: bool
     dtype = getattr(torch, settings.dtype)
     bridge = AutoBridge.from_hf_pretrained(str(hf_path), trust_remote_code=trust_remote_code, torch_dtype=dtype)
     provider = bridge.to_megatron_provider(load_weights=True)
-    provider.tensor_model_parallel_size = settings.tensor_parallel_size
-    provider.expert_model_parallel_size = settings.expert_parallel_size
-    provider.expert_tensor_parallel_size = 1 if settings.expert_parallel_size > 1 else settings.tensor_parallel_size
-    provider.pipeline_model_parallel_size = 1
+    for field, size in layout(settings).items():
+        setattr(provider, field, size)
     provider.params_dtype = dtype
     provider.bf16 = settings.dtype == "bfloat16"
     provider.fp16 = settings.dtype == "float16"
@@ -131,13 +140,7 @@ def verify_saved(bridge: Any, saved: Path, settings: ImportSettings, hf_path: Pa
     image + audio + text batch (a shard missing or mis-written, e.g. experts at EP>1, shows here); every rank."""
     import torch
 
-    overrides = {
-        "tensor_model_parallel_size": settings.tensor_parallel_size,
-        "expert_model_parallel_size": settings.expert_parallel_size,
-        "expert_tensor_parallel_size": 1 if settings.expert_parallel_size > 1 else settings.tensor_parallel_size,
-        "pipeline_model_parallel_size": 1,
-    }
-    model = bridge.load_megatron_model(str(saved), mp_overrides=overrides, wrap_with_ddp=False)
+    model = bridge.load_megatron_model(str(saved), mp_overrides=layout(settings), wrap_with_ddp=False)
     for chunk in model:
         chunk.eval()
     record = compare_with(reference, model, hf_path)
@@ -157,7 +160,7 @@ def run_import(
     import torch
     import torch.distributed as dist
 
-    _distributed(settings.tensor_parallel_size, settings.expert_parallel_size)
+    _distributed(layout(settings))
     bridge, model = build_model(hf_path, settings, trust_remote_code)
     verification = None
     reference = None

@@ -34,11 +34,7 @@ from omni3_shared.errors import ToolFailure
 from omni3_shared.lora_run import LoraRun, base_weight_files
 from omni3_shared.manifest import ArtifactKind, InputRef, tool_info
 from omni3_shared.megatron_omni import build_model
-from omni3_shared.omni_logits import (
-    logit_mismatch_fix,
-    logit_stats,
-    multimodal_logits,
-)
+from omni3_shared.omni_logits import logit_mismatch_fix, logit_stats, multimodal_logits
 from omni3_shared.publish import Staging, publish_artifact, staging_path
 from omni3_shared.rendezvous import single_process_rendezvous
 
