@@ -102,8 +102,10 @@ def timing_callback(stats: BatchStats, llm: model_shape.LlmShape, dp: int, metri
             taken = stats.take()
             if self.out is not None:
                 # Every data-parallel rank draws micro batches of the same shapes: scale rank 0's counts.
+                # train_state.step counts completed steps before this one: +1 numbers from 1, as omni3's metrics do,
+                # so the bench's warm-up cut leaves out the same steps on both sides.
                 record = {
-                    "iteration": int(context.state.train_state.step),
+                    "iteration": int(context.state.train_state.step) + 1,
                     "tokens": taken.tokens * dp,
                     "sequences": len(taken.sequence_lengths) * dp,
                     "seconds": now - self.last,
