@@ -6,7 +6,8 @@
 #   lifecycle  HF -> Megatron -> HF round trips (TP1; TP2, EP2 and their exports with 2+ GPUs);
 #              lifecycle=tp2,ep2 makes only those (LIFECYCLE_ONLY of ci/gpu/run-lifecycle.sh)
 #   tools      omni3-import at TP2 and EP2, omni3-export of each at TP1, both with --verify (2+ GPUs)
-#   bench      tests/bench/sft.py on all of this machine's GPUs (dataset: $OMNI3_GPU_DATA/datasets/bench_receipts);
+#   bench      tests/bench/sft.py on 4 GPUs where the machine has 4 or more, else on 1
+#              (dataset: $OMNI3_GPU_DATA/datasets/bench_receipts);
 #              bench=--micro-batch,8,--micro-batches,4 passes those arguments
 # Usage, from the repository root after the kit's setup: source /tmp/omni3-gpu/env.sh && bash ci/gpu/run-all.sh [STEPS]
 # Steps run one after the other; A+B runs A and B side by side (e.g. sft+lifecycle adapters bench).
@@ -15,6 +16,7 @@ set -uo pipefail
 source /tmp/omni3-gpu/env.sh
 OUT=${OUT:-$PWD/gpu-out}; mkdir -p "$OUT"
 GPUS=$(nvidia-smi -L | wc -l)
+BENCH_GPUS=$([ "$GPUS" -ge 4 ] && echo 4 || echo 1)  # the bench knows 1 GPU and 4 (EP4, with its 1-GPU baseline)
 export OMNI3_GPU_STORE=${OMNI3_GPU_STORE:-/tmp/omni3-gpu-store} OMNI3_GPU_DATA=${OMNI3_GPU_DATA:-$PWD/.gpu-data}
 export OMNI3_GPU_LORA_RUN=$OMNI3_GPU_STORE/runs/image_text_peft PYTHONUNBUFFERED=1
 STEPS=${*:-sft adapters lifecycle}
@@ -27,7 +29,7 @@ run_step() {  # $1 = step[=options]
     adapters) command=(bash ci/gpu/run-adapters.sh) ;;
     lifecycle) command=(env LIFECYCLE_ONLY="${options//,/ }" bash ci/gpu/run-lifecycle.sh "$GPUS") ;;
     tools) command=(bash ci/gpu/run-tools.sh) ;;
-    bench) command=(bash ci/gpu/run-bench-sft.sh --gpus "$GPUS" --dataset "$OMNI3_GPU_DATA/datasets/bench_receipts"
+    bench) command=(bash ci/gpu/run-bench-sft.sh --gpus "$BENCH_GPUS" --dataset "$OMNI3_GPU_DATA/datasets/bench_receipts"
                     ${options//,/ }) ;;  # bench=--micro-batch,8: more arguments of tests/bench/sft.py
     *) echo "unknown step $step"; return 2 ;;
   esac
