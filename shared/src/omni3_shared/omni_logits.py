@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from omni3_shared.hf_checkpoint import tensor_names
+
 # Two bf16 forwards of the same weights through other kernels (HF vs Megatron, merged vs unmerged LoRA) stay well
 # inside these; a lost tensor or a mis-mapped one does not.
 MEAN_ABS_ERR_LIMIT = 0.02
@@ -139,12 +141,8 @@ def logit_mismatch_fix(hf_dir: Path, fix: str) -> str:
     """The fix to print when two models built from ``hf_dir`` disagree: ``fix``, unless the checkpoint has no
     vision tensors, where every model Megatron-Bridge builds gets its own random tower and no check through the
     image can match (seen on H100s with ``omni3-import tiny --vision omit``, 2026-11-26)."""
-    from safetensors import safe_open
-
-    for shard in sorted(Path(hf_dir).glob("*.safetensors")):
-        with safe_open(str(shard), framework="pt") as handle:
-            if any(key.startswith(VISION_PREFIX) for key in handle.keys()):  # noqa: SIM118 (safe_open is no dict)
-                return fix
+    if any(name.startswith(VISION_PREFIX) for name in tensor_names(hf_dir)):
+        return fix
     return (
         f"{hf_dir} has no vision tensors (omni3-import tiny --vision omit?): Megatron-Bridge gives every model it "
         "builds from it a new random vision tower, so no check through the image can match; use a checkpoint with "

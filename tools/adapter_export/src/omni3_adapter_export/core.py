@@ -5,7 +5,7 @@ Megatron-Bridge 0.6.2 does the conversion: ``AutoBridge.from_hf_pretrained(base)
 (float32, a single-process gloo group of its own), wraps it with the LoRA that the iteration's run_config.yaml
 describes, loads the adapter shards (any training TP/EP layout) and writes adapter_config.json and
 adapter_model.safetensors. The checks of ``adapter_checks`` then run on that output before it is published.
-This module has not run on a GPU machine yet; tests/gpu/test_adapter_tools.py is its first proof.
+tests/gpu/test_adapter_tools.py proves it: passed on an H200, 2026-11-26 (ci/records/2026-11-26-gpu-late.md).
 """
 
 from __future__ import annotations

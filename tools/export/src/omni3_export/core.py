@@ -10,7 +10,8 @@ failing the run, unless --strict.
 (``omni3_shared.omni_logits``) are taken before the export; the source is then freed, the exported checkpoint is
 built into a Megatron model again and gives its logits on the same batch; their max and mean error go into the
 manifest, and a mismatch fails the run with nothing published (the lifecycle's re-import stage, which found them
-identical on an H100). This module itself has not run on a GPU yet (the cross-layout load and --verify neither).
+identical on an H100). Run on a GPU: --verify of a TP1 checkpoint passed (H200, 2026-11-26, 519/519 tensors,
+identical logits); the cross-layout load from TP2/EP2 checkpoints is unproven (ci/records/2026-11-26-gpu-late.md).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 from omni3_export import __version__
 from omni3_export.settings import ExportSettings
 from omni3_shared.errors import ToolFailure
+from omni3_shared.hf_checkpoint import tensor_names
 from omni3_shared.manifest import ArtifactKind, InputRef, tool_info
 from omni3_shared.megatron_omni import build_model
 from omni3_shared.omni_logits import compare_with, logit_mismatch_fix, multimodal_logits
@@ -32,19 +34,9 @@ TOOL = "omni3-export"
 PACKAGES = ("megatron-bridge", "megatron-core", "transformer-engine", "transformers", "torch")
 
 
-def _tensor_names(directory: Path) -> set[str]:
-    from safetensors import safe_open
-
-    names: set[str] = set()
-    for shard in directory.glob("*.safetensors"):
-        with safe_open(str(shard), framework="pt") as handle:
-            names.update(handle.keys())
-    return names
-
-
 def account_tensors(reference: Path, exported: Path) -> dict[str, Any]:
     """Every tensor of the reference checkpoint is either exported or listed as regenerated from config."""
-    source, result = _tensor_names(reference), _tensor_names(exported)
+    source, result = tensor_names(reference), tensor_names(exported)
     return {
         "reference_tensors": len(source),
         "exported_tensors": len(result),

@@ -13,7 +13,8 @@ Steps (each logged with its time):
              with base + alpha/dim * B @ A (``merge_check``: the scale the merge applied, what is left beyond
              bf16 rounding), recorded in the manifest to say which tensors a failing merge got wrong.
 Launch with ``torchrun --nproc-per-node N`` where N is the tensor-parallel size (or plain python for one GPU).
-This module has not run on a GPU machine yet; tests/gpu/test_adapter_tools.py is its first proof.
+tests/gpu/test_adapter_tools.py proves it: HF and Megatron output passed --verify on an H200, 2026-11-26
+(ci/records/2026-11-26-gpu-late.md).
 """
 
 from __future__ import annotations
