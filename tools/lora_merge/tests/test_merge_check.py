@@ -92,6 +92,7 @@ def test_judge_passes_bf16_rounding_when_every_tensor_is_merged_right() -> None:
         ("unchanged tensor", stats(0.005), stats(0.09), weights(unchanged=2), "2 tensor(s) with a trained adapter"),
         ("no effect", stats(0.0), {**stats(0.0), "max_abs_err": 0.0}, weights(), "equal the base logits"),
         ("not finite", stats(0.005, finite=False), stats(0.09), weights(), "not finite"),
+        ("lost, small effect", stats(0.01), stats(0.01), weights(), "no closer to base+adapter"),
     ],
 )
 def test_judge_names_each_failure(label: str, merged: dict, effect: dict, record: dict | None, expected: str) -> None:

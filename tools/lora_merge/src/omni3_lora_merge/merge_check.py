@@ -90,6 +90,11 @@ def judge(merged: dict[str, Any], effect: dict[str, Any], weights: dict[str, Any
         problems.append("the logits are not finite")
     if effect["max_abs_err"] == 0:
         problems.append("base+adapter logits equal the base logits: the adapters were not loaded or change nothing")
+    elif effect["mean_abs_err"] > MEASURABLE_EFFECT and merged["mean_abs_err"] >= effect["mean_abs_err"]:
+        problems.append(
+            f"the merged model is no closer to base+adapter (mean error {merged['mean_abs_err']:.4f}) than the base "
+            f"is ({effect['mean_abs_err']:.4f}): the adapters were lost in the merge"
+        )
     residuals = (weights or {}).get("merge_residuals")
     if weights and (weights["expected_but_unchanged_count"] or weights["missing_in_merged"]):
         problems.append(
