@@ -1,7 +1,8 @@
 """Benchmark of omni3-sft against Megatron-Bridge's own entry point, on a Nemotron 3 Nano layer-shape proxy.
 
     python tests/bench/sft.py --gpus 1|4 --dataset DIR --work DIR [--iters 30] [--warmup 5] [--layers M*E]
-                              [--seq 4096] [--micro-batch 4] [--micro-batches 8] [--record ci/records] [--out DIR]
+                              [--seq 4096] [--micro-batch 4] [--micro-batches 8] [--workers 8]
+                              [--record ci/records] [--out DIR]
 
 What it measures, each phase in its own subprocess with its own log file in --out and its own time budget:
 
@@ -19,10 +20,11 @@ What it measures, each phase in its own subprocess with its own log file in --ou
   and micro batches per GPU per step, for the scaling efficiency.
 
 Numbers: tokens/s/GPU (token positions of the batches the forward step draws, padding included, counted the
-way omni3's metrics count them), TFLOP/s/GPU (``omni3_sft.model_shape.training_flops``: language model only),
-MFU = TFLOP/s/GPU / measured peak, omni3's overhead = 1 - omni3 tokens/s / direct tokens/s, scaling efficiency
-= 4-GPU tokens/s/GPU / 1-GPU tokens/s/GPU. Writes ``summary.json`` and ``summary.md`` into --out and, with
---record, a Markdown + JSON record into that folder (ci/records/).
+way omni3's metrics count them), TFLOP/s/GPU (``omni3_sft.model_shape.FlopCounter``: language model, vision tower
+and projector), MFU = TFLOP/s/GPU / measured peak, omni3's overhead = 1 - omni3 tokens/s / direct tokens/s,
+scaling efficiency = 4-GPU tokens/s/GPU / 1-GPU tokens/s/GPU, data wait = the share of the time rank 0's forward
+step waited for the data loader (``--workers`` processes per rank). Writes ``summary.json`` and ``summary.md``
+into --out and, with --record, a Markdown + JSON record into that folder (ci/records/).
 
 The pure pieces (proxy spec, stage YAML, arithmetic, rendering) are tested on the CPU in test_sft_bench.py.
 """
@@ -41,7 +43,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -63,6 +65,9 @@ DEFAULT_LAYERS = "M*E"  # every Nano layer type once (a piece of the real patter
 # Why not more on one GPU: "MEM*E" trains 3.6B parameters (~73 GB estimated at micro batch 1) and its checkpoint
 # with Adam states is ~50 GB, which with the proxy HF and Megatron copies overflows the 64 GB disk of one H100.
 CARD_GB = 80.0
+# Two loader workers per rank (the recipe's) kept the GPU waiting for receipts on the first H200 run (steps of
+# 1.3-2.0 s); the bench wants the GPU's speed, so it gives the loader more processes and reports what wait is left.
+DEFAULT_WORKERS = 8
 
 TARGET_MFU = 0.35  # 1-GPU proxy
 TARGET_OVERHEAD = 0.02
@@ -150,6 +155,7 @@ class Workload:
     micro_batches: int  # micro batches per GPU per step (gradient accumulation)
     iters: int
     warmup: int
+    workers: int = DEFAULT_WORKERS  # data loader processes per rank
 
     @property
     def expert_parallel(self) -> int:
@@ -161,9 +167,7 @@ class Workload:
         return self.micro_batch * self.micro_batches * self.gpus
 
     def on(self, gpus: int) -> Workload:
-        return Workload(
-            self.layers, gpus, self.seq_length, self.micro_batch, self.micro_batches, self.iters, self.warmup
-        )
+        return replace(self, gpus=gpus)
 
 
 def stage_document(dataset: Path, megatron_checkpoint: Path) -> dict[str, Any]:
@@ -205,6 +209,7 @@ def overrides(workload: Workload) -> list[str]:
         f"train.global_batch_size={workload.global_batch}",
         f"train.micro_batch_size={workload.micro_batch}",
         "train.log_interval=1",  # one metrics record per iteration, so warm-up iterations can be left out
+        f"dataset.num_workers={workload.workers}",
     ]
 
 
@@ -233,6 +238,7 @@ class Throughput:
     flops: float
     gpus: int
     sequences: int = 0
+    data_wait_seconds: float | None = None  # rank 0's forward step waiting for the loader (None: not recorded)
 
     @property
     def tokens_per_s_per_gpu(self) -> float:
@@ -256,7 +262,14 @@ class Throughput:
             "tokens_per_s_per_gpu": _round(self.tokens_per_s_per_gpu, 1),
             "tflops_per_gpu": _round(self.tflops_per_gpu, 2),
             "positions_per_sequence": _round(self.tokens / self.sequences, 1) if self.sequences else None,
+            "data_wait_share": _round(self.data_wait_share, 4),
         }
+
+    @property
+    def data_wait_share(self) -> float:
+        if self.data_wait_seconds is None or self.seconds <= 0:
+            return math.nan
+        return self.data_wait_seconds / self.seconds
 
 
 def _round(value: float, digits: int) -> float | None:
@@ -282,6 +295,11 @@ def throughput(records: Sequence[Mapping[str, Any]], warmup: int) -> Throughput:
         flops=sum(float(r["flops"]) for r in measured),
         gpus=gpus.pop(),
         sequences=sum(int(r.get("sequences", 0)) for r in measured),
+        data_wait_seconds=(
+            sum(float(r["data_wait_seconds"]) for r in measured)
+            if all(r.get("data_wait_seconds") is not None for r in measured)
+            else None
+        ),
     )
 
 
@@ -497,9 +515,12 @@ def notes(workload: Workload) -> list[str]:
         "included), as omni3's metrics do; the synthetic receipts are short (one small image and ~600 characters "
         "of text), so a micro batch is padded to its longest sample rounded up to 128, not to model.seq_length "
         f"({workload.seq_length}); see positions_per_sequence",
-        "each image occupies one input_ids position but expands to its image tokens inside the model, and the "
-        "vision tower (frozen, forward only) is not in the model FLOPs: MFU understates the work the GPU does",
-        "TFLOP/s counts the language model only (omni3_sft.model_shape.training_flops: 3 x forward)",
+        "each image occupies one input_ids position but expands to its image tokens inside the model; "
+        "positions count the expanded sequence",
+        "TFLOP/s counts model FLOPs (omni3_sft.model_shape.FlopCounter): the language model at 3 x forward, the "
+        "frozen RADIO tower at 1 x forward over each image's patches, the trained projector at 3 x forward",
+        f"data wait: the share of the measured time rank 0's forward step waited for the data loader "
+        f"({workload.workers} workers per rank, dataset.num_workers)",
         "proxy: the published Nemotron 3 Nano layer shapes with only the --layers layers; vision tensors omitted "
         "(the bridge's random RADIO ViT-H init); vision frozen, language model and projectors trained with Adam",
         "omni3 and direct run the same stage YAML and overrides, so the same ConfigContainer fields, data and "
@@ -569,16 +590,17 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         f"first {w['warmup']} not measured",
         f"- bf16 matmul peak ({peak.get('n', MATMUL_N)}^3, CUDA events): {_fmt(peak.get('peak_tflops'))} TFLOP/s",
         "",
-        "| run | GPUs | s/step | tokens/s/GPU | TFLOP/s/GPU | positions/sequence |",
-        "|---|---|---|---|---|---|",
+        "| run | GPUs | s/step | tokens/s/GPU | TFLOP/s/GPU | positions/sequence | data wait |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, run in summary["runs"].items():
         if run is None:
-            lines.append(f"| {name} | | n/a | n/a | n/a | n/a |")
+            lines.append(f"| {name} | | n/a | n/a | n/a | n/a | n/a |")
             continue
         lines.append(
             f"| {name} | {run['gpus']} | {_fmt(run['seconds_per_step'])} | {_fmt(run['tokens_per_s_per_gpu'])} | "
-            f"{_fmt(run['tflops_per_gpu'])} | {_fmt(run['positions_per_sequence'])} |"
+            f"{_fmt(run['tflops_per_gpu'])} | {_fmt(run['positions_per_sequence'])} | "
+            f"{_fmt(run.get('data_wait_share'), percent=True)} |"
         )
     lines += ["", "| measure | value | target | met |", "|---|---|---|---|"]
     for target in summary["targets"]:
@@ -739,7 +761,14 @@ def prepare_model(ctx: Context, hf: Path, megatron: Path) -> bool:
 
 def run_bench(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     workload = Workload(
-        check_layers(args.layers), args.gpus, args.seq, args.micro_batch, args.micro_batches, args.iters, args.warmup
+        check_layers(args.layers),
+        args.gpus,
+        args.seq,
+        args.micro_batch,
+        args.micro_batches,
+        args.iters,
+        args.warmup,
+        args.workers,
     )
     work = Path(args.work).absolute()
     out = Path(args.out).absolute() if args.out else work / "out"
@@ -816,6 +845,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--seq", type=int, default=4096, help="model.seq_length")
     parser.add_argument("--micro-batch", type=int, default=4, help="train.micro_batch_size")
     parser.add_argument("--micro-batches", type=int, default=8, help="micro batches per GPU per step")
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="data loader processes per rank")
     parser.add_argument("--record", default=None, help="folder for the Markdown + JSON record (ci/records)")
     parser.add_argument("--out", default=None, help="logs and summary (default WORK/out)")
     parser.add_argument("--no-scaling", action="store_true", help="--gpus 4: skip the 1-GPU baseline run")

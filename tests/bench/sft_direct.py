@@ -10,7 +10,8 @@ the recipes read the hub otherwise), and this driver runs upstream ``finetune`` 
 itself, without omni3's run directory, progress lines, metrics files or publishing. What it adds:
 a token counter on the batches the forward step draws (``BatchStats``, the shapes omni3 counts) and a callback
 timing each step (CUDA synchronised at step end). Rank 0 writes one JSON line per iteration to --metrics with
-the keys omni3's metrics records have (iteration, tokens, seconds, gpus, flops) plus ``sequences``.
+the keys omni3's metrics records have (iteration, tokens, seconds, gpus, flops, data_wait_seconds) plus
+``sequences``.
 
 GPU machine only (imports megatron.bridge).
 """
@@ -28,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from omni3_sft import model_shape, recipe, stage_config
+from omni3_sft import model_shape, preflight, recipe, stage_config
 from omni3_sft.batches import BatchStats, CountingIterator
 from omni3_sft.settings import SftSettings
 
@@ -79,7 +80,7 @@ def counted(forward_step: Any, stats: BatchStats) -> Any:
     return forward
 
 
-def timing_callback(stats: BatchStats, llm: model_shape.LlmShape, dp: int, metrics: Path) -> Any:
+def timing_callback(stats: BatchStats, flops: model_shape.FlopCounter, dp: int, metrics: Path) -> Any:
     import torch
     from megatron.bridge.training.callbacks import Callback
 
@@ -110,7 +111,8 @@ def timing_callback(stats: BatchStats, llm: model_shape.LlmShape, dp: int, metri
                     "sequences": len(taken.sequence_lengths) * dp,
                     "seconds": now - self.last,
                     "gpus": WORLD,
-                    "flops": float(model_shape.training_flops(llm, taken.sequence_lengths) * dp),
+                    "flops": float(flops.step(taken.sequence_lengths, taken.image_patches) * dp),
+                    "data_wait_seconds": round(taken.data_wait_seconds, 4),
                 }
                 self.out.write(json.dumps(record) + "\n")
                 self.out.flush()
@@ -140,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     hf_path = str(Path(args.hf_model).absolute())
     run_dir = Path(args.run_dir).absolute()
     run_dir.mkdir(parents=True, exist_ok=True)
-    llm = model_shape.read_model_shape(Path(hf_path)).llm
+    flops = preflight.flop_counter(model_shape.read_model_shape(Path(hf_path)), resolved)
     log(f"world {WORLD}, data parallel {data_parallel(resolved)}, overrides {args.overrides}")
     config = build_config(resolved, hf_path, run_dir)
 
@@ -150,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     forward_step = getattr(importlib.import_module(module_name), name)
     stats = BatchStats()
     metrics = Path(args.metrics)
-    callback = timing_callback(stats, llm, data_parallel(resolved), metrics)
+    callback = timing_callback(stats, flops, data_parallel(resolved), metrics)
     log("finetune starts")
     finetune(config, counted(forward_step, stats), callbacks=[callback])
     log("finetune returned")

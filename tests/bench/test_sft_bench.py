@@ -80,7 +80,12 @@ def test_generated_stage_yaml_validates_and_resolves_like_omni3_sft(tmp_path: Pa
     settings = SftSettings(run_dir=tmp_path / "run", trust_remote_code=True)
     resolved = stage_config.interpolate(parsed, settings)
     assert resolved["recipe"] == "nemotron_omni_cord_v2_sft_config"
-    assert resolved["dataset"] == {"path": str(dataset), "modality_filter": None, "format": "energon"}
+    assert resolved["dataset"] == {
+        "path": str(dataset),
+        "modality_filter": None,
+        "format": "energon",
+        "num_workers": bench.DEFAULT_WORKERS,
+    }
     assert resolved["model"]["expert_model_parallel_size"] == 4
     assert resolved["model"]["tensor_model_parallel_size"] == 1
     assert resolved["model"]["seq_length"] == 4096
@@ -117,6 +122,14 @@ def test_throughput_skips_warmup_and_sums_the_rest() -> None:
     assert result.tokens_per_s_per_gpu == pytest.approx(2000.0)
     assert result.tflops_per_gpu == pytest.approx(400.0)
     assert result.as_dict()["positions_per_sequence"] == 250.0
+    assert result.as_dict()["data_wait_share"] is None  # the records say nothing about the loader
+
+
+def test_data_wait_share_needs_every_measured_record() -> None:
+    records = [r | {"data_wait_seconds": 0.1} for r in _records(6)]
+    assert bench.throughput(records, warmup=1).as_dict()["data_wait_share"] == pytest.approx(0.2)
+    records[3].pop("data_wait_seconds")
+    assert bench.throughput(records, warmup=1).data_wait_seconds is None
 
 
 def test_throughput_of_omni3_metrics_lines() -> None:

@@ -64,6 +64,11 @@ def draw(store: Path, variant: str, resolved_config: Any) -> tuple[list[dict[str
     return drawn, resolved
 
 
+def pixels(batch: dict[str, Any]) -> Any:
+    visual = batch.get("visual_inputs")
+    return visual.pixel_values if visual is not None else batch["pixel_values"]
+
+
 def check_shapes(batch: dict[str, Any], seq_length: int) -> None:
     ids = batch["tokens"]
     assert ids.dim() == 2 and 0 < ids.shape[1] <= seq_length
@@ -77,6 +82,9 @@ def test_receipts_reach_the_omni_step_as_images(store: Path, resolved_config: An
         check_shapes(batch, resolved["model"]["seq_length"])
         assert batches.batch_modalities(batch) == {"image"}
         assert batch["num_image_tiles"].sum() > 0
+        # The FLOP count's patches per image add up to the patches the collate hands the vision tower.
+        patches = batches.tower_inputs(batch)
+        assert len(patches) == len(batch["imgs_sizes"]) and sum(patches) == pixels(batch).shape[-2]
 
 
 def test_clips_reach_the_omni_step_as_video_and_audio(store: Path, resolved_config: Any) -> None:
@@ -85,6 +93,8 @@ def test_clips_reach_the_omni_step_as_video_and_audio(store: Path, resolved_conf
         check_shapes(batch, resolved["model"]["seq_length"])
         assert batches.batch_modalities(batch) == {"video", "audio"}
         assert batch["sound_length"].min() > 0
+        # Two frames per tubelet, each tubelet one frame's patch grid.
+        assert 2 * sum(batches.tower_inputs(batch)) == pixels(batch).shape[-2]
 
 
 def test_audio_text_batches_carry_sound_alone(store: Path, resolved_config: Any) -> None:

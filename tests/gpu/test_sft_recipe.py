@@ -96,6 +96,16 @@ def test_cord_recipe_on_an_energon_dataset(store: Path, settings_for: Any) -> No
     config = recipe.build_config_container(resolved, settings)
     assert isinstance(config.dataset, EnergonDatasetConfig)
     assert config.dataset.task_encoder.use_temporal_video_embedder is False
+    assert config.dataset.num_workers == recipe.DEFAULT_NUM_WORKERS
+    config.dataset.validate()
+
+
+@pytest.mark.parametrize(("variant", "form"), [("tiny", "energon"), ("tiny", "hf"), ("audio_text", "auto")])
+def test_data_loader_workers_reach_the_dataset_config(store: Path, settings_for: Any, variant: str, form: str) -> None:
+    resolved, settings = settings_for(store, variant)
+    resolved["dataset"] |= {"format": form, "num_workers": 6}
+    config = recipe.build_config_container(resolved, settings)
+    assert config.dataset.num_workers == 6
     config.dataset.validate()
 
 

@@ -146,6 +146,9 @@ def test_tiny_projector_only(store: Path) -> None:
     check_run_dir(store, "tiny", manifest, 10)
     assert manifest["extra"]["batches_with_modality"]["image"] > 0
     assert manifest["extra"]["peft"] is None
+    records = [json.loads(line) for line in (store / "runs" / "tiny" / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 <= r["data_wait_seconds"] <= r["seconds"] for r in records), records
+    assert "data_wait_share" in manifest["extra"]["metrics"]
 
 
 def test_full_sft_on_receipts(store: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,6 +120,8 @@ def test_batches_as_megatron_bridge_collates_them() -> None:
     stats.add(clips)
     assert stats.sequence_lengths == [465 + 47, 465 + 47, 129 + 255, 129 + 255]
     assert stats.tokens == sum(stats.sequence_lengths)
+    # The tower encodes each image's 16x16 patches, and each clip's two frames as one tubelet of one frame's grid.
+    assert stats.image_patches == [192, 192, 1024, 1024]
 
 
 def test_empty_media_tensors_are_not_a_modality() -> None:
@@ -129,20 +132,35 @@ def test_empty_media_tensors_are_not_a_modality() -> None:
 def test_recorder_writes_one_record_per_interval_with_data_parallel_totals(
     tmp_path: Path, write_hf_config: Callable[..., Path]
 ) -> None:
-    llm = model_shape.read_model_shape(write_hf_config(tmp_path / "hf")).llm
+    shape = model_shape.read_model_shape(write_hf_config(tmp_path / "hf"))
+    counter = model_shape.FlopCounter(shape, vision_backward=False, projection_backward=True)
+    image = {
+        "input_ids": torch.zeros(1, 96),
+        "pixel_values": torch.zeros(1, 192, 768),
+        "imgs_sizes": torch.tensor([[192, 256]]),
+    }
     with run_outputs.MetricsWriter(tmp_path / "metrics.jsonl") as writer:
-        recorder = Recorder(writer, llm, train_iters=5, interval=2, gpus=4, data_parallel=2)
+        recorder = Recorder(writer, counter, train_iters=5, interval=2, gpus=4, data_parallel=2)
         recorder.start(1)
         for iteration in range(1, 6):
-            recorder.stats.add({"input_ids": torch.zeros(1, 128)})
+            loader = slow_loader(image, delay=0.02)
+            next(batches.CountingIterator(loader, recorder.stats))
             recorder.step_end(iteration, loss=float(10 - iteration), grad_norm=1.0, lr=1e-4)
     records = run_outputs.read_metrics(tmp_path / "metrics.jsonl")
     assert [r["iteration"] for r in records] == [2, 4, 5]  # every 2 iterations and the last one
     assert [r["loss"] for r in records] == [8.5, 6.5, 5.0]  # the interval's mean
-    assert records[0]["tokens"] == 2 * 128 * 2  # two steps of 128 tokens, times two data-parallel ranks
-    assert records[0]["flops"] == model_shape.training_flops(llm, [128, 128]) * 2
+    # Two steps of one image (48 embeddings for its placeholder: 96 + 47 positions), times two data-parallel ranks.
+    assert records[0]["tokens"] == 2 * 143 * 2
+    assert records[0]["flops"] == counter.step([143, 143], [192, 192]) * 2
     assert records[0]["gpus"] == 4 and records[0]["grad_norm"] == 1.0
+    assert all(0.04 <= r["data_wait_seconds"] <= r["seconds"] for r in records[:2])  # two waits of 20 ms each
     assert recorder.last_iteration == 5
+
+
+def slow_loader(batch: dict[str, Any], delay: float) -> Any:
+    """A data loader whose next batch takes ``delay`` seconds to arrive."""
+    time.sleep(delay)
+    yield batch
 
 
 def test_layout_names_and_peft_entry() -> None:

@@ -196,3 +196,31 @@ def test_summary_for_the_dry_run() -> None:
     assert summary["llm_layers"] == {"mamba": 23, "attention": 6, "moe": 23}
     assert summary["params"]["language_model"] == "31.58B"
     assert summary["llm_training_gflop_per_token"] == pytest.approx(20.15, abs=0.01)
+
+
+def test_vision_tower_flops_follow_its_parameters_and_full_attention() -> None:
+    patches = 256
+    tokens = patches + model_shape.VISION_CLASS_TOKENS
+    # Its linears: about 2 FLOPs per parameter per token (the parameter count also holds norms and positions).
+    linear = 2 * model_shape.vision_encoder_params() * tokens
+    assert 1.0 < model_shape.vision_image_flops(patches) / linear < 1.06
+    # Full attention within the image: 4 x hidden FLOPs per (query, key) pair and layer, so the second
+    # difference in the patch count is twice that over all layers.
+    f = model_shape.vision_image_flops
+    per_pair = model_shape.VISION_LAYERS * 4 * model_shape.VISION_HIDDEN
+    assert f(patches + 1) + f(patches - 1) - 2 * f(patches) == 2 * per_pair
+
+
+def test_step_flops_count_the_vision_backward_only_where_one_runs() -> None:
+    lengths, patches = [600, 600], [1536, 1536]
+    frozen = model_shape.FlopCounter(NANO, vision_backward=False, projection_backward=True)
+    trained = model_shape.FlopCounter(NANO, vision_backward=True, projection_backward=True)
+    nothing = model_shape.FlopCounter(NANO, vision_backward=False, projection_backward=False)
+    tower = 2 * model_shape.vision_image_flops(1536)
+    projection = model_shape.vision_projection_flops(NANO, 2 * 1536 // 4)
+    assert projection == 2 * 768 * (5120 * 20480 + 20480 * 2688)
+    llm = model_shape.training_flops(NANO.llm, lengths)
+    assert frozen.step(lengths, patches) == llm + tower + 3 * projection
+    assert trained.step(lengths, patches) == llm + 3 * tower + 3 * projection
+    assert nothing.step(lengths, patches) == llm + tower + projection
+    assert frozen.step(lengths) == llm  # text only

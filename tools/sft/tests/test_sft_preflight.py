@@ -218,3 +218,20 @@ def test_check_does_not_modify_its_input() -> None:
     before = copy.deepcopy(config)
     preflight.check(config, NANO, WorldSize(8, "x"), 80.0)
     assert config == before
+
+
+@pytest.mark.parametrize(
+    ("variant", "overrides", "vision", "projection"),
+    [
+        ("default", (), False, True),  # the tower frozen, the projector trains
+        ("tiny", (), False, True),
+        ("default", ("model.freeze_vision_model=false",), True, True),
+        ("default", ("model.freeze_vision_projection=true",), False, False),
+        ("image_text_peft", (), True, True),  # LoRA adapts the tower's and the projector's linears
+    ],
+)
+def test_flop_counter_counts_a_vision_backward_where_one_runs(
+    variant: str, overrides: tuple[str, ...], vision: bool, projection: bool
+) -> None:
+    counter = preflight.flop_counter(NANO, resolved(variant, *overrides))
+    assert (counter.vision_backward, counter.projection_backward) == (vision, projection)

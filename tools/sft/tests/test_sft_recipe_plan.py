@@ -207,6 +207,16 @@ def test_cord_recipe_on_energon_builds_an_energon_config() -> None:
     assert encoder.kwargs["visual_keys"] == ("pixel_values",)
 
 
+def test_data_loader_workers_only_where_the_stage_config_sets_them() -> None:
+    assert "dataset.num_workers" not in assignments("tiny")
+    assert assignments("tiny")["dataset"].kwargs["num_workers"] == recipe.DEFAULT_NUM_WORKERS
+    parquet = replace(FACTS, dataset=DatasetInput("hf", "/d/hf", ("train",)))
+    for variant, facts in (("tiny", FACTS), ("tiny", parquet), ("audio_text", FACTS)):
+        assert assignments(variant, "dataset.num_workers=8", facts=facts)["dataset.num_workers"] == 8
+    with pytest.raises(UsageError, match="num_workers"):
+        resolved("tiny", "dataset.num_workers=0")
+
+
 def test_valor_recipes_point_their_energon_config_at_our_data() -> None:
     facts = replace(FACTS, dataset=DatasetInput("energon", "/datasets/valor32k"))
     values = assignments("audio_text", facts=facts)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,8 @@ def test_report(tmp_path: Path) -> None:
     assert "`checkpoints/iter_0000030`" in text
     assert re.search(r"Wall time 0:01:15", text)
     assert "No metrics" in run_outputs.render_report(summary, [])
+    assert "data loader" not in text  # records without data_wait_seconds say nothing about it
+
+    waited = [replace(metrics(10 * i), data_wait_seconds=0.5).record() for i in (1, 2, 3)]
+    assert run_outputs.summarize_metrics(waited)["data_wait_share"] == 0.25  # 0.5 s of every 2 s after warm-up
+    assert "Waiting for the data loader: 25.0% of the time" in run_outputs.render_report(summary, waited)

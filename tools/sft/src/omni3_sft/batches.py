@@ -3,8 +3,8 @@
 - ``keep_only``: the stage config's ``dataset.modality_filter``. A sample without the wanted modality is
   skipped; from the others every other medium is removed, with its placeholder in the conversation, so the
   model trains on that modality and text alone (``audio_text``: the sound of a clip, never its frames).
-- ``BatchStats``: tokens and modalities of the batches the forward step draws, for the metrics (tokens/s,
-  FLOPs) and for the proof that a filter really filtered.
+- ``BatchStats``: tokens, image patches and modalities of the batches the forward step draws, and the time it
+  waited for them, for the metrics (tokens/s, FLOPs, data wait) and for the proof that a filter really filtered.
 
 Pure Python and torch: the CPU tests exercise it without Megatron.
 """
@@ -12,6 +12,7 @@ Pure Python and torch: the CPU tests exercise it without Megatron.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +22,8 @@ MODALITIES = ("image", "audio", "video")
 SAMPLE_FIELDS = {"image": "imgs", "audio": "audio", "video": "videos"}
 # Nemotron Omni's RADIO tower: 16x16-pixel patches, then a 2x2 pixel shuffle, so one embedding per 32x32 pixels;
 # the temporal video embedder fuses two consecutive frames into one.
-VISION_PIXELS_PER_TOKEN = (16 * 2) ** 2
+VISION_PATCH_PIXELS = 16 * 16
+VISION_PIXELS_PER_TOKEN = VISION_PATCH_PIXELS * 2 * 2
 VIDEO_TEMPORAL_PATCH = 2
 
 
@@ -87,12 +89,15 @@ def keep_only(sample: Any, modality: str) -> Any:
 
 @dataclass
 class BatchStats:
-    """Totals since the last ``take()``: micro-batches, token positions, their sequence lengths, modalities."""
+    """Totals since the last ``take()``: micro-batches, token positions, their sequence lengths, the patches of
+    each vision tower input, modalities, and the seconds the forward step waited for the data loader."""
 
     micro_batches: int = 0
     tokens: int = 0
     sequence_lengths: list[int] = field(default_factory=list)
     with_modality: dict[str, int] = field(default_factory=lambda: dict.fromkeys(MODALITIES, 0))
+    image_patches: list[int] = field(default_factory=list)
+    data_wait_seconds: float = 0.0
 
     def add(self, batch: Mapping[str, Any]) -> None:
         ids = batch.get("tokens") if batch.get("tokens") is not None else batch.get("input_ids")
@@ -105,14 +110,23 @@ class BatchStats:
         self.micro_batches += 1
         self.tokens += sum(lengths)
         self.sequence_lengths.extend(lengths)
+        self.image_patches.extend(tower_inputs(batch))
         for modality in batch_modalities(batch):
             self.with_modality[modality] += 1
 
     def take(self) -> BatchStats:
         """The totals so far; the counters start again from zero."""
-        taken = BatchStats(self.micro_batches, self.tokens, self.sequence_lengths, self.with_modality)
-        self.micro_batches, self.tokens, self.sequence_lengths = 0, 0, []
+        taken = BatchStats(
+            self.micro_batches,
+            self.tokens,
+            self.sequence_lengths,
+            self.with_modality,
+            self.image_patches,
+            self.data_wait_seconds,
+        )
+        self.micro_batches, self.tokens, self.sequence_lengths, self.image_patches = 0, 0, [], []
         self.with_modality = dict.fromkeys(MODALITIES, 0)
+        self.data_wait_seconds = 0.0
         return taken
 
 
@@ -153,8 +167,19 @@ def visual_expansion(batch: Mapping[str, Any]) -> int:
     return max(embeddings - placeholders, 0)
 
 
+def tower_inputs(batch: Mapping[str, Any]) -> list[int]:
+    """16x16 patches of each input the vision tower encodes: every image, or every tubelet of a video's frames."""
+    sizes = batch.get("imgs_sizes")
+    if not _present(sizes):
+        return []
+    patches = [int(height) * int(width) // VISION_PATCH_PIXELS for height, width in sizes.tolist()]
+    if _is_video(batch):  # consecutive frames fuse into one tubelet of the same patch grid
+        return patches[::VIDEO_TEMPORAL_PATCH][: len(patches) // VIDEO_TEMPORAL_PATCH]
+    return patches
+
+
 class CountingIterator(Iterator[Any]):
-    """Passes batches through unchanged, adding each to ``stats``."""
+    """Passes batches through unchanged, adding each to ``stats`` with the time ``next`` waited for it."""
 
     def __init__(self, batches: Iterator[Any], stats: BatchStats) -> None:
         self._batches = batches  # not iter(): Megatron's data iterator wrappers define only __next__
@@ -164,7 +189,9 @@ class CountingIterator(Iterator[Any]):
         return self
 
     def __next__(self) -> Any:
+        started = time.perf_counter()
         batch = next(self._batches)
+        self.stats.data_wait_seconds += time.perf_counter() - started
         if isinstance(batch, Mapping):
             self.stats.add(batch)
         return batch

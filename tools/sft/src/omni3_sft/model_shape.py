@@ -1,4 +1,4 @@
-"""The shape of a Nemotron 3 Nano Omni checkpoint, its parameter counts and the FLOPs of its language model.
+"""The shape of a Nemotron 3 Nano Omni checkpoint, its parameter counts and its model FLOPs.
 
 The shape comes from the HF checkpoint's ``config.json`` (``llm_config``, ``projector_hidden_size``,
 ``sound_config``), read as plain JSON: no transformers import, no remote code run. When ``hf_model`` is the
@@ -22,9 +22,17 @@ FLOP counting (``forward_flops`` and friends), the rules this module applies and
     - Vocabulary projection ``2·h·V``; the embedding lookup is free.
 - Attention scores and values are counted per (query, key) pair the causal mask keeps: ``4·n_q·d`` per pair and
   attention layer, ``L·(L+1)/2`` pairs for a sequence of L tokens (packed sequences each count their own L).
+- RADIO vision tower, per image (or video tubelet) of P 16x16 patches and its ``n = P + 10`` tokens (class
+  tokens included): patch embedding ``2·P·768·1280``; per layer (32) ``2·n·(4·1280² + 2·1280·5120)`` for the
+  linears and ``4·n²·1280`` for scores and values (full attention within the image).
+- Vision projector, per image embedding (``P/4`` after the 2x2 pixel shuffle): ``2·(5120·p + p·h)``, ``p`` the
+  projector's hidden size.
 - Training is 3 x forward (backward costs twice the forward). These are model FLOPs: recomputation is not
-  added, and frozen parts are counted as if trained, so TFLOP/s stays comparable across variants.
-- Only the language model is counted; the RADIO vision tower and the Parakeet sound encoder are not.
+  added, and the language model counts as trained even when frozen (the backward still runs through it to the
+  projectors), so TFLOP/s stays comparable across variants. The vision tower counts 3 x forward only when a
+  backward runs through it (it trains, or LoRA adapts it); frozen, it runs its forward alone and counts 1 x.
+  The projector counts 3 x when it or the tower trains.
+- The Parakeet sound encoder is not counted (its shape is an estimate; audio batches understate their FLOPs).
 
 Parameter counts are exact for the language model, the projectors and the RADIO ViT-H/16 tensors the bridge
 maps (Megatron-Bridge 0.6.2 builds that tower whatever the config says; the optional video embedder aside);
@@ -499,6 +507,40 @@ def forward_flops(llm: LlmShape, sequence_lengths: Iterable[int]) -> int:
 def training_flops(llm: LlmShape, sequence_lengths: Iterable[int]) -> int:
     """Model FLOPs of one training step over these sequences: 3 x forward."""
     return TRAINING_FACTOR * forward_flops(llm, sequence_lengths)
+
+
+def vision_image_flops(patches: int) -> int:
+    """Forward FLOPs of the RADIO tower over one image (or video tubelet) of ``patches`` 16x16 patches."""
+    tokens = patches + VISION_CLASS_TOKENS
+    h = VISION_HIDDEN
+    per_layer = 2 * tokens * (4 * h * h + 2 * h * VISION_FFN) + 4 * tokens * tokens * h
+    return 2 * patches * VISION_PATCH_PIXELS * h + VISION_LAYERS * per_layer
+
+
+def vision_projection_flops(shape: OmniShape, embeddings: int) -> int:
+    """Forward FLOPs of the vision projector over ``embeddings`` pixel-shuffled image embeddings."""
+    p = shape.projector_hidden_size
+    return 2 * embeddings * (VISION_PROJECTOR_INPUT * p + p * shape.llm.hidden_size)
+
+
+@dataclass(frozen=True)
+class FlopCounter:
+    """Model FLOPs of one training step of a run: language model, vision tower and vision projector."""
+
+    shape: OmniShape
+    vision_backward: bool  # the tower trains or carries LoRA: a backward runs through it
+    projection_backward: bool  # the projector trains, or a backward runs through it to the tower
+
+    def step(self, sequence_lengths: Iterable[int], image_patches: Iterable[int] = ()) -> int:
+        """``sequence_lengths``: the language model's sequences; ``image_patches``: patches of each tower input."""
+        patches = list(image_patches)
+        tower = sum(vision_image_flops(count) for count in patches)
+        projection = vision_projection_flops(self.shape, sum(count // 4 for count in patches))  # 2x2 shuffle
+        return (
+            training_flops(self.shape.llm, sequence_lengths)
+            + tower * (TRAINING_FACTOR if self.vision_backward else 1)
+            + projection * (TRAINING_FACTOR if self.projection_backward else 1)
+        )
 
 
 def training_flops_per_token(llm: LlmShape, seq_length: int) -> float:

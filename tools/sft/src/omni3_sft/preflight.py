@@ -278,6 +278,17 @@ def trainable_groups(resolved: Mapping[str, Any]) -> set[str]:
     return {group for group in model_shape.GROUPS if not frozen[f"freeze_{group}"]}
 
 
+def flop_counter(shape: model_shape.OmniShape, resolved: Mapping[str, Any]) -> model_shape.FlopCounter:
+    """How the run's step FLOPs count the vision parts: 3 x forward where a backward runs through them."""
+    peft = resolved.get("peft")
+    if peft:  # LoRA: the adapted parts train, the base weights stay frozen
+        groups = {target.group for target in model_shape.lora_targets(shape, peft["target_modules"])}
+    else:
+        groups = trainable_groups(resolved)
+    vision = "vision_model" in groups
+    return model_shape.FlopCounter(shape, vision, vision or "vision_projection" in groups)
+
+
 def _per_gpu(part: model_shape.Component, layout: Layout) -> float:
     count = float(part.params)
     if part.sharding == "tp":

@@ -49,6 +49,7 @@ ENERGON_DATASET = "megatron.bridge.data.builders:EnergonDatasetConfig"
 OMNI_TASK_ENCODER = "megatron.bridge.data.builders:NemotronOmniEnergonTaskEncoderConfig"
 ATTENTION_BACKEND = "megatron.core.transformer.enums:AttnBackend"
 HF_PARQUET_DIR = "hf"  # where omni3-prep hf puts the CORD-style parquet subset
+DEFAULT_NUM_WORKERS = 2  # data loader workers per rank when dataset.num_workers is unset (Megatron-Bridge's)
 FREEZE_FLAGS = (
     "freeze_language_model",
     "freeze_vision_model",
@@ -234,6 +235,15 @@ def plan_recipe(resolved: Mapping[str, Any], facts: RecipeFacts) -> RecipePlan:
 
 
 def _dataset_assignments(recipe: str, resolved: Mapping[str, Any], facts: RecipeFacts) -> list[tuple[str, Any]]:
+    """The recipe's dataset pointed at ours, with the stage config's worker count where it sets one."""
+    workers = resolved["dataset"].get("num_workers")
+    assignments = _dataset_source(recipe, resolved, facts)
+    if workers is not None:
+        assignments.append(("dataset.num_workers", workers))
+    return assignments
+
+
+def _dataset_source(recipe: str, resolved: Mapping[str, Any], facts: RecipeFacts) -> list[tuple[str, Any]]:
     dataset = facts.dataset
     seq = resolved["model"]["seq_length"]
     micro_batch = resolved["train"]["micro_batch_size"]
@@ -295,7 +305,7 @@ def _dataset_assignments(recipe: str, resolved: Mapping[str, Any], facts: Recipe
                     "path": dataset.path,
                     "seq_length": seq,
                     "micro_batch_size": micro_batch,
-                    "num_workers": 2,
+                    "num_workers": DEFAULT_NUM_WORKERS,
                     "task_encoder": task_encoder,
                     "trust_remote_code": trust,
                     "enable_in_batch_packing": False,

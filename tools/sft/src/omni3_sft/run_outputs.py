@@ -45,8 +45,9 @@ class StepMetrics:
     tokens: int  # tokens the whole job processed in the interval (all data-parallel ranks)
     seconds: float  # wall time of the interval
     gpus: int
-    flops: float  # model FLOPs of the interval (model_shape.training_flops), whole job
+    flops: float  # model FLOPs of the interval (model_shape.FlopCounter), whole job
     grad_norm: float | None = None
+    data_wait_seconds: float | None = None  # of ``seconds``, rank 0's forward step waiting for the data loader
 
     @property
     def tokens_per_s_per_gpu(self) -> float:
@@ -231,6 +232,9 @@ def summarize_metrics(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     if seconds > 0:
         summary["tokens_per_s_per_gpu"] = round(tokens / seconds / gpus, 1)
         summary["tflops_per_gpu"] = round(flops / seconds / gpus / 1e12, 2)
+        waits = [r["data_wait_seconds"] for r in steady if r.get("data_wait_seconds") is not None]
+        if len(waits) == len(steady):
+            summary["data_wait_share"] = round(sum(waits) / seconds, 4)
     return summary
 
 
@@ -254,7 +258,12 @@ def render_report(run: RunSummary, records: Sequence[Mapping[str, Any]]) -> str:
         if "tokens_per_s_per_gpu" in stats:
             lines.append(
                 f"- Throughput after warm-up: {stats['tokens_per_s_per_gpu']:,.1f} tokens/s/GPU, "
-                f"{stats['tflops_per_gpu']:.2f} TFLOP/s/GPU (language-model FLOPs, see model_shape)"
+                f"{stats['tflops_per_gpu']:.2f} TFLOP/s/GPU (model FLOPs, see model_shape)"
+            )
+        if "data_wait_share" in stats:
+            lines.append(
+                f"- Waiting for the data loader: {stats['data_wait_share']:.1%} of the time after warm-up"
+                " (raise dataset.num_workers when this is large)"
             )
     else:
         lines.append("- No metrics were recorded")

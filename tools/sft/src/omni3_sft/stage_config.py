@@ -48,6 +48,9 @@ class DatasetSection(Section):
     # How the run reads the dataset artifact: its Energon shards, or the CORD-style parquet omni3-prep hf
     # writes under hf/ (Megatron-Bridge's Direct-HF path). auto: parquet for CORD recipes when present.
     format: Literal["auto", "energon", "hf"] = "auto"
+    # Data loader worker processes per rank; unset: the recipe's (2). Raise it when the run report shows the
+    # forward step waiting for data.
+    num_workers: PositiveInt | None = None
 
 
 class ModelSection(Section):

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omni3_sft import __version__, batches, checkpoints, model_shape, recipe, run_outputs
+from omni3_sft import __version__, batches, checkpoints, model_shape, preflight, recipe, run_outputs
 from omni3_sft.batches import BatchStats, CountingIterator
 from omni3_sft.cli import TOOL
 from omni3_shared.errors import ToolFailure
@@ -45,7 +45,7 @@ class Recorder:
     """Per-interval metrics on rank 0: the JSON lines, the progress line and the modality counts."""
 
     writer: run_outputs.MetricsWriter | None
-    llm: model_shape.LlmShape
+    flops: model_shape.FlopCounter
     train_iters: int
     interval: int
     gpus: int
@@ -78,7 +78,7 @@ class Recorder:
             self.modality_totals[modality] += count
         # Every data-parallel rank draws its own micro-batches of the same shapes: scale rank 0's counts.
         tokens = taken.tokens * self.data_parallel
-        flops = model_shape.training_flops(self.llm, taken.sequence_lengths) * self.data_parallel
+        flops = self.flops.step(taken.sequence_lengths, taken.image_patches) * self.data_parallel
         iterations = iteration - (self._interval_first or iteration) + 1
         metrics = run_outputs.StepMetrics(
             iteration=iteration,
@@ -89,6 +89,7 @@ class Recorder:
             gpus=self.gpus,
             flops=float(flops),
             grad_norm=sum(self._grad_norms) / len(self._grad_norms) if self._grad_norms else None,
+            data_wait_seconds=round(taken.data_wait_seconds, 4),
         )
         seconds_per_iteration = self.eta.add(iterations, seconds)
         if self.writer is not None:
@@ -248,6 +249,7 @@ def run(
     staging = staging_path(run_dir)
     train_iters = resolved["train"]["train_iters"]
     modality = resolved["dataset"].get("modality_filter")
+    flops = preflight.flop_counter(shape, resolved)
 
     def prepare() -> tuple[Any, recipe.RecipeFacts, recipe.RecipePlan]:
         facts = recipe.gather_facts(resolved, hf_path, settings.trust_remote_code, run_dir, staging)
@@ -257,7 +259,7 @@ def run(
     if global_rank() != 0:
         staging.mkdir(parents=True, exist_ok=True)
         config, facts, _ = prepare()
-        recorder = Recorder(None, shape.llm, train_iters, config.logger.log_interval, world, 1)
+        recorder = Recorder(None, flops, train_iters, config.logger.log_interval, world, 1)
         train(config, recorder, modality, Path(facts.save_dir))
         return None
 
@@ -289,7 +291,7 @@ def run(
         with run_outputs.MetricsWriter(metrics_path, resume_iteration=resumed_from) as writer:
             recorder = Recorder(
                 writer,
-                shape.llm,
+                flops,
                 train_iters,
                 max(int(config.logger.log_interval), 1),
                 world,
