@@ -9,6 +9,7 @@
 #   sigkill   only the SIGKILL resume test, a part of resume
 #   parallel  the parallel layouts against one GPU, on every GPU (side by side with the streams above: tiny
 #             runs take a few GB, so they share the GPUs; only the wall time grows)
+#   ep4       only EP4 against one GPU, a part of parallel (4 GPUs)
 # Usage: bash ci/gpu/run-sft-streams.sh [STREAM...] (default: all, in that order). Reports: $OUT/STREAM/.
 set -uo pipefail
 OUT=${OUT:-$PWD/sft-out}
@@ -24,6 +25,7 @@ if wanted lora; then stream lora -k "image_text_lora" & pids+=($!); fi
 if wanted resume; then stream resume -k "sft_train and resume" & pids+=($!); fi
 if wanted sigkill; then stream sigkill -k "resume_after_kill and sigkill" & pids+=($!); fi
 if wanted parallel; then stream parallel -k "sft_train and parallel" & pids+=($!); fi
+if wanted ep4; then stream ep4 -k "sft_train and parallel and ep4" & pids+=($!); fi
 for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
 for name in $STREAMS; do echo "-- $name"; grep -E "^\[sft-gpu|passed|failed|skipped|^E  " "$OUT/$name.log" | head -40; done
 exit $rc
