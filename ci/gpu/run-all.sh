@@ -6,6 +6,8 @@
 #   lifecycle  HF -> Megatron -> HF round trips (TP1; TP2, EP2 and their exports with 2+ GPUs);
 #              lifecycle=tp2,ep2 makes only those (LIFECYCLE_ONLY of ci/gpu/run-lifecycle.sh)
 #   tools      omni3-import at TP2 and EP2, omni3-export of each at TP1, both with --verify (2+ GPUs)
+#   layout     issue 6: the production layout at proxy scale, import -> sft (default, LoRA) -> export and
+#              adapter-export, against half the GPUs (TP4 x EP8 on 8 GPUs, TP2 x EP4 on 4)
 #   bench      tests/bench/sft.py on 4 GPUs where the machine has 4 or more, else on 1
 #              (dataset: $OMNI3_GPU_DATA/datasets/bench_receipts);
 #              bench=--micro-batch,8,--micro-batches,4 passes those arguments
@@ -29,6 +31,7 @@ run_step() {  # $1 = step[=options]
     adapters) command=(bash ci/gpu/run-adapters.sh) ;;
     lifecycle) command=(env LIFECYCLE_ONLY="${options//,/ }" bash ci/gpu/run-lifecycle.sh "$GPUS") ;;
     tools) command=(bash ci/gpu/run-tools.sh) ;;
+    layout) command=(bash ci/gpu/run-layout.sh) ;;
     bench) command=(bash ci/gpu/run-bench-sft.sh --gpus "$BENCH_GPUS" --dataset "$OMNI3_GPU_DATA/datasets/bench_receipts"
                     ${options//,/ }) ;;  # bench=--micro-batch,8: more arguments of tests/bench/sft.py
     *) echo "unknown step $step"; return 2 ;;
@@ -44,7 +47,7 @@ for group in $STEPS; do
   pids=()
   for step in ${group//+/ }; do run_step "$step" & pids+=($!); done
   for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
-  for step in ${group//+/ }; do grep -E '^\[(sft-gpu|lifecycle|tools-gpu|adapters)|passed|failed|error' "$OUT/${step//[=,]/-}.log" | tail -40; done
+  for step in ${group//+/ }; do grep -E '^\[(sft-gpu|lifecycle|tools-gpu|adapters|gpu-tool)|passed|failed|error' "$OUT/${step//[=,]/-}.log" | tail -40; done
 done
 echo "== done ($(date -u +%T)), exit $rc"
 exit $rc

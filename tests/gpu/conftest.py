@@ -1,4 +1,5 @@
-"""What the GPU tests of omni3-sft share: a variant's resolved stage config and settings on a storage root."""
+"""What the GPU tests share: a variant's resolved stage config and settings on a storage root, and ``run_tool``
+(``tool_runs.py``), which runs an omni3 tool's own command line and keeps its whole output in a log file."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ import pytest
 
 from omni3_sft import stage_config
 from omni3_sft.settings import SftSettings
+from omni3_shared.pytest_plugin import load_script
 from omni3_shared.settings import load_settings
+
+TOOL_RUNS = load_script(Path(__file__).with_name("tool_runs.py"), "omni3_gpu_tool_runs")
 
 ResolveVariant = Callable[..., tuple[dict[str, Any], SftSettings]]
 
@@ -37,3 +41,9 @@ def resolve_variant() -> ResolveVariant:
         return stage_config.interpolate(config, settings), settings
 
     return resolve
+
+
+@pytest.fixture(scope="session")
+def run_tool() -> Callable[..., Any]:
+    """``tool_runs.run_tool``: an omni3 tool's own command line, its whole output kept in a log file."""
+    return TOOL_RUNS.run_tool

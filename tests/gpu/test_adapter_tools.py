@@ -13,9 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -25,7 +22,6 @@ from omni3_shared.manifest import ArtifactKind, read_manifest
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 
 RUN_ENV = "OMNI3_GPU_LORA_RUN"
-TIMEOUT_S = 1800
 MEGATRON_EXPERT_TARGETS = ("linear_fc1", "linear_fc2")
 
 
@@ -53,37 +49,12 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("adapters")
 
 
-def log_dir(work: Path) -> Path:
-    directory = Path(os.environ.get("OMNI3_GPU_LOG_DIR") or work / "logs")
-    directory.mkdir(parents=True, exist_ok=True)
-    return directory
-
-
-def run_tool(work: Path, label: str, module: str, *args: str) -> subprocess.CompletedProcess:
-    """``python -m module args``; the whole output goes to <log dir>/<label>.log."""
-    command = [sys.executable, "-m", module, *args]
-    started = time.monotonic()
-    print(f"[adapters {time.strftime('%H:%M:%S')}] {label}: {' '.join(command)}", flush=True)
-    env = os.environ.copy() | {"OMNI3_STORAGE_ROOT": str(work)}
-    completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=TIMEOUT_S, check=False)
-    (log_dir(work) / f"{label}.log").write_text(
-        f"$ {' '.join(command)}\nexit {completed.returncode}\n--- stdout\n{completed.stdout}\n--- stderr\n"
-        f"{completed.stderr}"
-    )
-    print(f"[adapters] {label}: exit {completed.returncode} in {time.monotonic() - started:.0f} s", flush=True)
-    return completed
-
-
-def tail(completed: subprocess.CompletedProcess, lines: int = 40) -> str:
-    return "\n".join((completed.stdout + completed.stderr).splitlines()[-lines:])
-
-
 @pytest.fixture(scope="module")
-def adapter(lora_run: Path, work: Path) -> Path:
+def adapter(lora_run: Path, work: Path, run_tool) -> Path:
     output = work / "adapter"
     completed = run_tool(work, "adapter-export", "omni3_adapter_export", "--lora-checkpoint", str(lora_run),
                          "--output", str(output), "--verify")  # fmt: skip
-    assert completed.returncode == 0, f"omni3-adapter-export failed:\n{tail(completed)}"
+    assert completed.returncode == 0, f"omni3-adapter-export failed:\n{completed.tail()}"
     return output
 
 
@@ -123,7 +94,7 @@ def test_peft_loads_the_adapter_in_this_process(adapter: Path, run_extra: dict) 
     assert report.peft and report.peft["lora_layers"] == len(report.modules)
 
 
-def test_a_broken_adapter_is_refused(adapter: Path, run_extra: dict, work: Path) -> None:
+def test_a_broken_adapter_is_refused(adapter: Path, run_extra: dict, work: Path, run_tool) -> None:
     from safetensors.torch import load_file, save_file
 
     broken = work / "adapter-broken"
@@ -136,18 +107,18 @@ def test_a_broken_adapter_is_refused(adapter: Path, run_extra: dict, work: Path)
     save_file(tensors, str(weights))
     completed = run_tool(work, "adapter-check-broken", "omni3_adapter_export", "check", "--adapter", str(broken),
                          "--hf-model-path", run_extra["hf_model"])  # fmt: skip
-    assert completed.returncode == 1, f"the broken adapter was not refused:\n{tail(completed)}"
+    assert completed.returncode == 1, f"the broken adapter was not refused:\n{completed.tail()}"
     assert "adapter verification failed" in completed.stderr and "match no tensor" in completed.stderr
 
 
 @pytest.mark.parametrize("output_format", ["hf", "megatron"])
 def test_lora_merge_publishes_a_verified_merged_checkpoint(
-    lora_run: Path, run_extra: dict, work: Path, output_format: str
+    lora_run: Path, run_extra: dict, work: Path, output_format: str, run_tool
 ) -> None:
     output = work / f"merged-{output_format}"
     completed = run_tool(work, f"lora-merge-{output_format}", "omni3_lora_merge", "--lora-checkpoint", str(lora_run),
                          "--output", str(output), "--output-format", output_format, "--verify")  # fmt: skip
-    assert completed.returncode == 0, f"omni3-lora-merge ({output_format}) failed:\n{tail(completed)}"
+    assert completed.returncode == 0, f"omni3-lora-merge ({output_format}) failed:\n{completed.tail()}"
     kind = ArtifactKind.HF_CHECKPOINT if output_format == "hf" else ArtifactKind.MEGATRON_CHECKPOINT
     manifest = read_manifest(output, kind)
     check = manifest.extra["verification"]
@@ -170,14 +141,14 @@ def test_lora_merge_publishes_a_verified_merged_checkpoint(
         assert any(name.startswith("iter_") for name in names) and not any(".merged_hf" in name for name in names)
 
 
-def test_export_of_the_base_checkpoint_is_verified(run_extra: dict, work: Path) -> None:
+def test_export_of_the_base_checkpoint_is_verified(run_extra: dict, work: Path, run_tool) -> None:
     """omni3-export of the Megatron checkpoint the LoRA run started from (written by omni3-import with --verify):
     every reference tensor accounted for, and the exported model's image + audio + text logits equal the source's."""
     source = Path(run_extra["pretrained_checkpoint"])
     output = work / "export-hf"
     completed = run_tool(work, "export", "omni3_export", "--megatron-path", str(source), "--hf-path", str(output),
                          "--verify")  # fmt: skip
-    assert completed.returncode == 0, f"omni3-export failed:\n{tail(completed)}"
+    assert completed.returncode == 0, f"omni3-export failed:\n{completed.tail()}"
     manifest = read_manifest(output, ArtifactKind.HF_CHECKPOINT)
     check, tensors = manifest.extra["verification"], manifest.extra["tensors"]
     print(json.dumps({"verification": check, "tensors": {k: v for k, v in tensors.items() if "tensors" in k}}))

@@ -14,9 +14,6 @@ tower), else written here.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -25,43 +22,12 @@ from omni3_shared.manifest import ArtifactKind, read_manifest
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 
-TIMEOUT_S = 1200
 LAYOUTS = [("tp2", ("--tensor-parallel-size", "2")), ("ep2", ("--expert-parallel-size", "2"))]
 
 
 def gpus() -> int:
     torch = pytest.importorskip("torch")
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def log_dir(work: Path) -> Path:
-    directory = Path(os.environ.get("OMNI3_GPU_LOG_DIR") or work / "logs")
-    directory.mkdir(parents=True, exist_ok=True)
-    return directory
-
-
-def run_tool(work: Path, label: str, module: str, *args: str, nproc: int = 1) -> subprocess.CompletedProcess:
-    """The tool's own command line (torchrun for several processes); its whole output goes to <log dir>/<label>.log."""
-    launcher = [sys.executable, "-m", module]
-    if nproc > 1:
-        port = str(29300 + os.getpid() % 100)  # apart from the SFT tests' (29400+) and the lifecycle driver's
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-                    "--master-port", port, "-m", module]  # fmt: skip
-    command = [*launcher, *args]
-    started = time.monotonic()
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S, check=False,
-                               env=os.environ | {"OMNI3_STORAGE_ROOT": str(work), "PYTHONUNBUFFERED": "1"})  # fmt: skip
-    (log_dir(work) / f"{label}.log").write_text(
-        f"$ {' '.join(command)}\nexit {completed.returncode}\n--- stdout\n{completed.stdout}\n--- stderr\n"
-        f"{completed.stderr}"
-    )
-    print(f"[tools-gpu {time.strftime('%H:%M:%S')}] {label}: exit {completed.returncode} in "
-          f"{time.monotonic() - started:.0f} s", flush=True)  # fmt: skip
-    return completed
-
-
-def tail(completed: subprocess.CompletedProcess, lines: int = 40) -> str:
-    return "\n".join((completed.stdout + completed.stderr).splitlines()[-lines:])
 
 
 @pytest.fixture(scope="module")
@@ -73,14 +39,14 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def hf_model(work: Path) -> Path:
+def hf_model(work: Path, run_tool) -> Path:
     stored = Path(os.environ.get("OMNI3_GPU_STORE", "/nonexistent")) / "models" / "tiny_omni_hf"
     manifest = stored / "omni3-manifest.json"
     if manifest.is_file() and read_manifest(stored, ArtifactKind.HF_CHECKPOINT).config.get("vision") == "full":
         return stored
     written = work / "tiny_omni_hf"
     completed = run_tool(work, "tiny", "omni3_import", "tiny", "--output", str(written))
-    assert completed.returncode == 0, tail(completed)
+    assert completed.returncode == 0, completed.tail()
     return written
 
 
@@ -95,12 +61,12 @@ def tensors(directory: Path) -> dict:
 
 @pytest.mark.parametrize(("label", "layout"), LAYOUTS, ids=[label for label, _ in LAYOUTS])
 def test_import_at_a_parallel_layout_and_export_at_one_gpu(
-    work: Path, hf_model: Path, label: str, layout: tuple[str, ...]
+    work: Path, hf_model: Path, label: str, layout: tuple[str, ...], run_tool
 ) -> None:
     megatron = work / f"{label}-megatron"
     completed = run_tool(work, f"import-{label}", "omni3_import", "--hf-model", str(hf_model), "--megatron-path",
                          str(megatron), "--verify", "true", *layout, nproc=2)  # fmt: skip
-    assert completed.returncode == 0, f"omni3-import at {label} failed:\n{tail(completed)}"
+    assert completed.returncode == 0, f"omni3-import at {label} failed:\n{completed.tail()}"
     imported = read_manifest(megatron, ArtifactKind.MEGATRON_CHECKPOINT).extra
     print(f"[tools-gpu] import {label}: {imported}", flush=True)
     assert imported["world_size"] == 2
@@ -110,7 +76,7 @@ def test_import_at_a_parallel_layout_and_export_at_one_gpu(
     exported = work / f"{label}-hf"
     completed = run_tool(work, f"export-{label}", "omni3_export", "--megatron-path", str(megatron), "--hf-path",
                          str(exported), "--verify", "true")  # fmt: skip
-    assert completed.returncode == 0, f"omni3-export of the {label} checkpoint failed:\n{tail(completed)}"
+    assert completed.returncode == 0, f"omni3-export of the {label} checkpoint failed:\n{completed.tail()}"
     extra = read_manifest(exported, ArtifactKind.HF_CHECKPOINT).extra
     print(f"[tools-gpu] export {label}: {extra['verification']} {extra['world_size']}", flush=True)
     check = extra["verification"]

@@ -83,6 +83,16 @@ def test_judge_passes_bf16_rounding_when_every_tensor_is_merged_right() -> None:
     assert judge(stats(0.0252, 0.806), stats(0.092, 0.37), weights()) == []
 
 
+def test_judge_passes_the_h200_merge_of_2026_11_26_late() -> None:
+    """The numbers the GPU run recorded (ci/records/2026-11-26-gpu-late.md), judged by today's rules, including the
+    'no closer than the base' check restored after that run."""
+    merged = {"max_abs_err": 0.2109, "mean_abs_err": 0.0395, "argmax_agreement": 0.971, "finite": True}
+    effect = {"max_abs_err": 2.1289, "mean_abs_err": 0.2881, "argmax_agreement": 0.0065, "finite": True}
+    record = weights()
+    record["merge_residuals"] |= {"fitted_scale_min": 1.99949, "fitted_scale_max": 2.00038}
+    assert judge(merged, effect, record) == []
+
+
 @pytest.mark.parametrize(
     ("label", "merged", "effect", "record", "expected"),
     [

@@ -1,0 +1,18 @@
+#!/bin/bash
+# Issue 6: the production layout at proxy scale, the whole chain (tests/gpu/test_production_layout.py), on a lent
+# machine with 8 GPUs (TP4 x EP8 against TP4 x EP4) or 4 (TP2 x EP4 against TP2 x EP2). Run from the repository
+# root on the device, after the kit is set up (see ../shared/gpu/README.md):
+#   source /tmp/omni3-gpu/env.sh && bash ci/gpu/install-extras.sh && bash ci/gpu/run-layout.sh [PYTEST_ARGS...]
+# Needs $OMNI3_GPU_DATA/datasets/synth_receipts (omni3-prep synth on the CPU machine, carried). Per-tool logs,
+# layout-summary.json, the pytest log and a JUnit report go to $OUT (or ./layout-out).
+set -uo pipefail
+OUT=${OUT:-$PWD/layout-out}; mkdir -p "$OUT/logs"
+source ci/gpu/common.sh
+export OMNI3_GPU_LOG_DIR="$OUT/logs"
+
+echo "== production layout chain on $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) x" \
+  "$(nvidia-smi -L | wc -l) ($(date -u +%H:%M:%S))"
+require_modules run-layout.sh fire pydantic_settings yaml torch safetensors peft megatron.bridge
+python3 -m pytest "${OMNI3_PYTEST_PLUGIN[@]}" -m gpu -rA -s --junitxml="$OUT/layout-junit.xml" \
+  tests/gpu/test_production_layout.py "$@" 2>&1 | tee "$OUT/layout-pytest.log"
+exit "${PIPESTATUS[0]}"

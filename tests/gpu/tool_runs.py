@@ -1,0 +1,75 @@
+"""The GPU tests' tool runner: an omni3 tool's own command line in a subprocess, its whole output in a log file.
+
+Loaded by ``conftest.py`` (the ``run_tool`` fixture) and by ``tests/contract/test_gpu_tool_runs.py``, which runs it
+on the CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ToolRun:
+    """One tool process: its exit code, its output, and the log file holding both."""
+
+    label: str
+    returncode: int
+    stdout: str
+    stderr: str
+    log: Path
+    seconds: float
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join((self.stdout + self.stderr).splitlines()[-lines:])
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now: torchrun's rendezvous, apart from any other run on the machine."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def tool_command(module: str, nproc: int) -> list[str]:
+    """``python -m module``, under torchrun when ``nproc`` > 1."""
+    if nproc == 1:
+        return [sys.executable, "-m", module]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+            "--master-port", str(free_port()), "-m", module]  # fmt: skip
+
+
+def run_tool(
+    root: Path,
+    label: str,
+    module: str,
+    *args: str,
+    nproc: int = 1,
+    timeout: int = 1800,
+    env: dict[str, str] | None = None,
+) -> ToolRun:
+    """Run ``python -m module args`` (torchrun with ``nproc`` > 1) with ``OMNI3_STORAGE_ROOT=root`` plus ``env``.
+
+    The command, exit code and whole output go to ``$OMNI3_GPU_LOG_DIR/<label>.log`` (else ``root/logs``); one
+    line with the exit code and wall time is printed.
+    """
+    command = [*tool_command(module, nproc), *args]
+    started = time.monotonic()
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False,
+                               env=os.environ | {"OMNI3_STORAGE_ROOT": str(root), "PYTHONUNBUFFERED": "1"}
+                               | (env or {}))  # fmt: skip
+    folder = Path(os.environ.get("OMNI3_GPU_LOG_DIR") or Path(root) / "logs")
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder / f"{label}.log"
+    log.write_text(f"$ {' '.join(command)}\nexit {completed.returncode}\n--- stdout\n{completed.stdout}\n"
+                   f"--- stderr\n{completed.stderr}")  # fmt: skip
+    seconds = time.monotonic() - started
+    print(f"[gpu-tool {time.strftime('%H:%M:%S')}] {label}: exit {completed.returncode} in {seconds:.0f} s",
+          flush=True)  # fmt: skip
+    return ToolRun(label, completed.returncode, completed.stdout, completed.stderr, log, seconds)
