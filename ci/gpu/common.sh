@@ -31,3 +31,14 @@ OMNI3_PYTEST_PLUGIN=(-p omni3_shared.pytest_plugin)
 if python3 -c 'import importlib.metadata as m, sys; sys.exit(0 if any(e.name == "omni3" for e in m.entry_points(group="pytest11")) else 1)'; then
   OMNI3_PYTEST_PLUGIN=()
 fi
+
+# gpu_pytest NAME TEST_FILE [PYTEST_ARGS...]: the file's gpu-marked tests, output shown as it comes (-s), a JUnit
+# report in $OUT/NAME-junit.xml and the log in $OUT/NAME-pytest.log; returns pytest's exit code.
+gpu_pytest() {
+  local name=$1; shift
+  echo "== $name GPU tests on $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) x" \
+    "$(nvidia-smi -L | wc -l) ($(date -u +%H:%M:%S))"
+  python3 -m pytest "${OMNI3_PYTEST_PLUGIN[@]}" -m gpu -rA -s --junitxml="$OUT/$name-junit.xml" "$@" 2>&1 \
+    | tee "$OUT/$name-pytest.log"
+  return "${PIPESTATUS[0]}"
+}

@@ -15,9 +15,6 @@ if [ -z "${OMNI3_GPU_LORA_RUN:-}" ]; then
   echo "run-adapters.sh: set OMNI3_GPU_LORA_RUN to the run directory of a LoRA omni3-sft run on this machine" >&2
   exit 2
 fi
-echo "== adapter tools GPU tests on $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) x $(nvidia-smi -L | wc -l)" \
-  "($(date -u +%H:%M:%S)); LoRA run: $OMNI3_GPU_LORA_RUN"
+echo "LoRA run: $OMNI3_GPU_LORA_RUN"
 require_modules run-adapters.sh fire pydantic_settings yaml torch peft safetensors megatron.bridge
-python3 -m pytest "${OMNI3_PYTEST_PLUGIN[@]}" -m gpu -rA -s --junitxml="$OUT/adapters-junit.xml" tests/gpu/test_adapter_tools.py "$@" 2>&1 \
-  | tee "$OUT/adapters-pytest.log"
-exit "${PIPESTATUS[0]}"
+gpu_pytest adapters tests/gpu/test_adapter_tools.py "$@"

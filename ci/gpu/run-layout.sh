@@ -10,9 +10,5 @@ OUT=${OUT:-$PWD/layout-out}; mkdir -p "$OUT/logs"
 source ci/gpu/common.sh
 export OMNI3_GPU_LOG_DIR="$OUT/logs"
 
-echo "== production layout chain on $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) x" \
-  "$(nvidia-smi -L | wc -l) ($(date -u +%H:%M:%S))"
 require_modules run-layout.sh fire pydantic_settings yaml torch safetensors peft megatron.bridge
-python3 -m pytest "${OMNI3_PYTEST_PLUGIN[@]}" -m gpu -rA -s --junitxml="$OUT/layout-junit.xml" \
-  tests/gpu/test_production_layout.py "$@" 2>&1 | tee "$OUT/layout-pytest.log"
-exit "${PIPESTATUS[0]}"
+gpu_pytest layout tests/gpu/test_production_layout.py "$@"

@@ -10,9 +10,5 @@ OUT=${OUT:-$PWD/tools-out}; mkdir -p "$OUT/logs"
 source ci/gpu/common.sh
 export OMNI3_GPU_LOG_DIR="$OUT/logs"
 
-echo "== import/export tools GPU tests on $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) x" \
-  "$(nvidia-smi -L | wc -l) ($(date -u +%H:%M:%S))"
 require_modules run-tools.sh fire pydantic_settings yaml torch safetensors megatron.bridge
-python3 -m pytest "${OMNI3_PYTEST_PLUGIN[@]}" -m gpu -rA -s --junitxml="$OUT/tools-junit.xml" \
-  tests/gpu/test_lifecycle_tools.py "$@" 2>&1 | tee "$OUT/tools-pytest.log"
-exit "${PIPESTATUS[0]}"
+gpu_pytest tools tests/gpu/test_lifecycle_tools.py "$@"
