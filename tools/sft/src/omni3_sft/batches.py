@@ -22,8 +22,8 @@ MODALITIES = ("image", "audio", "video")
 SAMPLE_FIELDS = {"image": "imgs", "audio": "audio", "video": "videos"}
 # Nemotron Omni's RADIO tower: 16x16-pixel patches, then a 2x2 pixel shuffle, so one embedding per 32x32 pixels;
 # the temporal video embedder fuses two consecutive frames into one.
-VISION_PATCH_PIXELS = 16 * 16
-VISION_PIXELS_PER_TOKEN = VISION_PATCH_PIXELS * 2 * 2
+PATCH_AREA = 16 * 16  # pixels one RADIO patch covers
+VISION_PIXELS_PER_TOKEN = PATCH_AREA * 2 * 2
 VIDEO_TEMPORAL_PATCH = 2
 
 
@@ -172,7 +172,7 @@ def tower_inputs(batch: Mapping[str, Any]) -> list[int]:
     sizes = batch.get("imgs_sizes")
     if not _present(sizes):
         return []
-    patches = [int(height) * int(width) // VISION_PATCH_PIXELS for height, width in sizes.tolist()]
+    patches = [int(height) * int(width) // PATCH_AREA for height, width in sizes.tolist()]
     if _is_video(batch):  # consecutive frames fuse into one tubelet of the same patch grid
         return patches[::VIDEO_TEMPORAL_PATCH][: len(patches) // VIDEO_TEMPORAL_PATCH]
     return patches
