@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from omni3_sft import batches, model_shape, run_outputs
-from omni3_sft.train import Recorder, data_parallel_size, layout_name, peft_entry
+from omni3_sft.train import Recorder, cache_triton_autotuning, data_parallel_size, layout_name, peft_entry
 
 
 @dataclass
@@ -181,3 +181,12 @@ def test_layout_names_and_peft_entry() -> None:
         "alpha": 16,
         "dropout": 0.0,
     }
+
+
+def test_triton_autotuning_is_cached_unless_the_user_says_otherwise() -> None:
+    environ: dict[str, str] = {}
+    cache_triton_autotuning(environ)
+    assert environ == {"TRITON_CACHE_AUTOTUNING": "1"}
+    chosen = {"TRITON_CACHE_AUTOTUNING": "0"}
+    cache_triton_autotuning(chosen)
+    assert chosen == {"TRITON_CACHE_AUTOTUNING": "0"}

@@ -15,7 +15,7 @@ import importlib
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,15 @@ log = logging.getLogger(TOOL)
 
 def global_rank() -> int:
     return int(os.environ.get("RANK", "0"))
+
+
+def cache_triton_autotuning(environ: MutableMapping[str, str]) -> None:
+    """Keep Triton's autotuning results in its cache directory, unless the user chose otherwise.
+
+    Without it every new process measures each autotuned kernel again (Megatron's Mamba kernels among them),
+    so a resumed or repeated run on the same machine repeats that work. TRITON_CACHE_AUTOTUNING=0 opts out.
+    """
+    environ.setdefault("TRITON_CACHE_AUTOTUNING", "1")
 
 
 @dataclass
@@ -244,6 +253,7 @@ def run(
 ) -> Path | None:
     """Train and publish the run directory (rank 0); returns it, or None on the other ranks."""
     single_process_rendezvous()
+    cache_triton_autotuning(os.environ)  # before Megatron imports Triton
     run_dir = settings.resolve_path(settings.run_dir).absolute()
     hf_path = str(settings.resolve_path(settings.hf_model).absolute())
     staging = staging_path(run_dir)
