@@ -21,7 +21,8 @@ What it measures, each phase in its own subprocess with its own log file in --ou
 
 Numbers: tokens/s/GPU (token positions of the batches the forward step draws, padding included, counted the
 way omni3's metrics count them), TFLOP/s/GPU (``omni3_sft.model_shape.FlopCounter``: language model, vision tower
-and projector), MFU = TFLOP/s/GPU / measured peak, omni3's overhead = 1 - omni3 tokens/s / direct tokens/s,
+and projector), MFU = TFLOP/s/GPU / measured peak, omni3's overhead = 1 - omni3 tokens/s / direct tokens/s
+(``overhead_median_step``: the same from the median step times, which leave a late batch out),
 scaling efficiency = 4-GPU tokens/s/GPU / 1-GPU tokens/s/GPU, data wait = the share of the time rank 0's forward
 step waited for the data loader (``--workers`` processes per rank). Writes ``summary.json`` and ``summary.md``
 into --out and, with --record, a Markdown + JSON record into that folder (ci/records/).
@@ -39,6 +40,7 @@ import platform
 import shlex
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -239,6 +241,11 @@ class Throughput:
     gpus: int
     sequences: int = 0
     data_wait_seconds: float | None = None  # rank 0's forward step waiting for the loader (None: not recorded)
+    step_seconds: tuple[float, ...] = ()  # each measured step's wall time, in order
+
+    @property
+    def median_step_seconds(self) -> float:
+        return statistics.median(self.step_seconds) if self.step_seconds else math.nan
 
     @property
     def tokens_per_s_per_gpu(self) -> float:
@@ -259,6 +266,7 @@ class Throughput:
             "seconds": round(self.seconds, 4),
             "gpus": self.gpus,
             "seconds_per_step": _round(self.seconds_per_step, 4),
+            "median_seconds_per_step": _round(self.median_step_seconds, 4),
             "tokens_per_s_per_gpu": _round(self.tokens_per_s_per_gpu, 1),
             "tflops_per_gpu": _round(self.tflops_per_gpu, 2),
             "positions_per_sequence": _round(self.tokens / self.sequences, 1) if self.sequences else None,
@@ -295,6 +303,7 @@ def throughput(records: Sequence[Mapping[str, Any]], warmup: int) -> Throughput:
         flops=sum(float(r["flops"]) for r in measured),
         gpus=gpus.pop(),
         sequences=sum(int(r.get("sequences", 0)) for r in measured),
+        step_seconds=tuple(float(r["seconds"]) for r in measured),
         data_wait_seconds=(
             sum(float(r["data_wait_seconds"]) for r in measured)
             if all(r.get("data_wait_seconds") is not None for r in measured)
@@ -359,6 +368,11 @@ def derive(runs: Mapping[str, Throughput | None], peak_tflops: float | None) -> 
         results["mfu_direct"] = _round(mfu(direct.tflops_per_gpu, peak_tflops), 4)
     if omni3 and direct:
         results["overhead"] = _round(overhead(omni3.tokens_per_s_per_gpu, direct.tokens_per_s_per_gpu), 4)
+        # Both runs draw the same batches in the same order: the median step time is the same comparison with
+        # the slow outliers (a late batch, a hiccup) left out.
+        results["overhead_median_step"] = _round(
+            overhead(1 / omni3.median_step_seconds, 1 / direct.median_step_seconds), 4
+        )
     if single and peak_tflops:
         results["mfu_1gpu"] = _round(mfu(single.tflops_per_gpu, peak_tflops), 4)
     if omni3 and single:
@@ -590,7 +604,7 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         f"first {w['warmup']} not measured",
         f"- bf16 matmul peak ({peak.get('n', MATMUL_N)}^3, CUDA events): {_fmt(peak.get('peak_tflops'))} TFLOP/s",
         "",
-        "| run | GPUs | s/step | tokens/s/GPU | TFLOP/s/GPU | positions/sequence | data wait |",
+        "| run | GPUs | s/step (mean, median) | tokens/s/GPU | TFLOP/s/GPU | positions/sequence | data wait |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, run in summary["runs"].items():
@@ -598,7 +612,8 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
             lines.append(f"| {name} | | n/a | n/a | n/a | n/a | n/a |")
             continue
         lines.append(
-            f"| {name} | {run['gpus']} | {_fmt(run['seconds_per_step'])} | {_fmt(run['tokens_per_s_per_gpu'])} | "
+            f"| {name} | {run['gpus']} | {_fmt(run['seconds_per_step'])}, {_fmt(run.get('median_seconds_per_step'))} | "
+            f"{_fmt(run['tokens_per_s_per_gpu'])} | "
             f"{_fmt(run['tflops_per_gpu'])} | {_fmt(run['positions_per_sequence'])} | "
             f"{_fmt(run.get('data_wait_share'), percent=True)} |"
         )

@@ -125,6 +125,16 @@ def test_throughput_skips_warmup_and_sums_the_rest() -> None:
     assert result.as_dict()["data_wait_share"] is None  # the records say nothing about the loader
 
 
+def test_median_step_overhead_leaves_out_a_slow_outlier() -> None:
+    omni3, direct = _records(8, seconds=0.5), _records(8, seconds=0.49)
+    omni3[5]["seconds"] = 5.0  # one late batch
+    runs = {"omni3": bench.throughput(omni3, 2), "direct": bench.throughput(direct, 2)}
+    assert runs["omni3"].as_dict()["median_seconds_per_step"] == 0.5
+    results = bench.derive(runs, None)
+    assert results["overhead"] > 0.3  # the mean carries the outlier
+    assert results["overhead_median_step"] == pytest.approx(0.02)  # 1 - 0.49 / 0.5
+
+
 def test_data_wait_share_needs_every_measured_record() -> None:
     records = [r | {"data_wait_seconds": 0.1} for r in _records(6)]
     assert bench.throughput(records, warmup=1).as_dict()["data_wait_share"] == pytest.approx(0.2)
