@@ -664,6 +664,9 @@ def bench_env(args: argparse.Namespace) -> dict[str, str]:
         "TRANSFORMERS_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",
         "OMNI3_VERIFY": "false",  # omni3-import: no logit check on the proxy (nothing is measured there)
+        # omni3-sft keeps Triton's autotuning results; the direct driver must run the same kernels, so both
+        # read one cache: the first run tunes, the later ones reuse its choices instead of tuning again.
+        "TRITON_CACHE_AUTOTUNING": "1",
     }
 
 

@@ -279,3 +279,9 @@ def test_direct_driver_resolves_the_same_config_as_omni3_sft(tmp_path: Path) -> 
     settings = SftSettings(megatron_checkpoint=tmp_path / "megatron", run_dir=tmp_path / "run", trust_remote_code=True)
     assert direct.resolve(args) == bench.resolve(stage_config.read_variant(path), run_overrides, settings)
     assert direct.data_parallel(direct.resolve(args)) == 1
+
+
+def test_every_phase_reads_one_triton_autotuning_cache() -> None:
+    env = bench.bench_env(bench.parse_args(["--dataset", "/d", "--work", "/w"]))
+    assert env["TRITON_CACHE_AUTOTUNING"] == "1"  # omni3 and the direct driver run the same tuned kernels
+    assert str(bench.REPO / "tools" / "sft" / "src") in env["PYTHONPATH"].split(os.pathsep)
