@@ -7,12 +7,13 @@ on the CPU.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from omni3_shared.rendezvous import free_port
 
 
 @dataclass(frozen=True)
@@ -28,13 +29,6 @@ class ToolRun:
 
     def tail(self, lines: int = 40) -> str:
         return "\n".join((self.stdout + self.stderr).splitlines()[-lines:])
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on now: torchrun's rendezvous, apart from any other run on the machine."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def tool_command(module: str, nproc: int) -> list[str]:

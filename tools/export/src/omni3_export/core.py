@@ -11,7 +11,8 @@ failing the run, unless --strict.
 built into a Megatron model again and gives its logits on the same batch; their max and mean error go into the
 manifest, and a mismatch fails the run with nothing published (the lifecycle's re-import stage, which found them
 identical on an H100). Run on a GPU: --verify of a TP1 checkpoint passed (H200, 2026-11-26, 519/519 tensors,
-identical logits); the cross-layout load from TP2/EP2 checkpoints is unproven (ci/records/2026-11-26-gpu-late.md).
+identical logits, ci/records/2026-11-26-gpu-late.md), and so did the cross-layout load of checkpoints omni3-import
+wrote at TP2 and at EP2 (4x H200, 2026-11-26, ci/records/2026-11-26-gpu-x4.md).
 """
 
 from __future__ import annotations
