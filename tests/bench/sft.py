@@ -70,6 +70,7 @@ CARD_GB = 80.0
 # Two loader workers per rank (the recipe's) kept the GPU waiting for receipts on the first H200 run (steps of
 # 1.3-2.0 s); the bench wants the GPU's speed, so it gives the loader more processes and reports what wait is left.
 DEFAULT_WORKERS = 8
+STALL_REPORT_SECONDS = 30  # steady steps take seconds; only the first iteration (about 2 minutes) reports
 
 TARGET_MFU = 0.35  # 1-GPU proxy
 TARGET_OVERHEAD = 0.02
@@ -212,6 +213,8 @@ def overrides(workload: Workload) -> list[str]:
         f"train.micro_batch_size={workload.micro_batch}",
         "train.log_interval=1",  # one metrics record per iteration, so warm-up iterations can be left out
         f"dataset.num_workers={workload.workers}",
+        # Stacks of every rank while a step takes over 30 s: the first iteration's minutes show where they go.
+        f"train.stall_report_seconds={STALL_REPORT_SECONDS}",
     ]
 
 

@@ -7,7 +7,8 @@ Same workload as ``omni3_sft`` with the same YAML and overrides: the stage confi
 omni3's pure helpers (``stage_config``, ``recipe.plan_recipe``: the list of field assignments), the upstream
 recipe function is called and each field assigned (``recipe.apply_plan``, with the local HF path patched in, as
 the recipes read the hub otherwise), and this driver runs upstream ``finetune`` with upstream's Omni forward step
-itself, without omni3's run directory, progress lines, metrics files or publishing. What it adds:
+itself, without omni3's run directory, progress lines, metrics files or publishing. What it adds (besides the
+same stall report as omni3-sft, ``train.stall_report_seconds``):
 a token counter on the batches the forward step draws (``BatchStats``, the shapes omni3 counts) and a callback
 timing each step (CUDA synchronised at step end). Rank 0 writes one JSON line per iteration to --metrics with
 the keys omni3's metrics records have (iteration, tokens, seconds, gpus, flops, data_wait_seconds) plus
@@ -32,6 +33,7 @@ from typing import Any
 from omni3_sft import model_shape, preflight, recipe, stage_config
 from omni3_sft.batches import BatchStats, CountingIterator
 from omni3_sft.settings import SftSettings
+from omni3_sft.stall_report import StallReport
 
 RANK = int(os.environ.get("RANK", "0"))
 WORLD = int(os.environ.get("WORLD_SIZE", "1"))
@@ -80,7 +82,9 @@ def counted(forward_step: Any, stats: BatchStats) -> Any:
     return forward
 
 
-def timing_callback(stats: BatchStats, flops: model_shape.FlopCounter, dp: int, metrics: Path) -> Any:
+def timing_callback(
+    stats: BatchStats, flops: model_shape.FlopCounter, dp: int, metrics: Path, stall: StallReport
+) -> Any:
     import torch
     from megatron.bridge.training.callbacks import Callback
 
@@ -92,6 +96,7 @@ def timing_callback(stats: BatchStats, flops: model_shape.FlopCounter, dp: int, 
             self.out = metrics.open("w") if RANK == 0 else None
 
         def on_train_start(self, context: Any) -> None:
+            stall.step()
             torch.cuda.synchronize()
             stats.take()
             self.last = time.monotonic()
@@ -100,6 +105,7 @@ def timing_callback(stats: BatchStats, flops: model_shape.FlopCounter, dp: int, 
         def on_train_step_end(self, context: Any) -> None:
             torch.cuda.synchronize()  # the step's kernels are done: the wall time is the step's own
             now = time.monotonic()
+            stall.step()
             taken = stats.take()
             if self.out is not None:
                 # Every data-parallel rank draws micro batches of the same shapes: scale rank 0's counts.
@@ -119,6 +125,7 @@ def timing_callback(stats: BatchStats, flops: model_shape.FlopCounter, dp: int, 
             self.last = now
 
         def on_train_end(self, context: Any) -> None:
+            stall.stop()
             if self.out is not None:
                 self.out.close()
 
@@ -152,7 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     forward_step = getattr(importlib.import_module(module_name), name)
     stats = BatchStats()
     metrics = Path(args.metrics)
-    callback = timing_callback(stats, flops, data_parallel(resolved), metrics)
+    stall = StallReport(resolved["train"]["stall_report_seconds"])  # as omni3-sft does with the same override
+    callback = timing_callback(stats, flops, data_parallel(resolved), metrics, stall)
     log("finetune starts")
     finetune(config, counted(forward_step, stats), callbacks=[callback])
     log("finetune returned")

@@ -90,7 +90,13 @@ def test_generated_stage_yaml_validates_and_resolves_like_omni3_sft(tmp_path: Pa
     assert resolved["model"]["tensor_model_parallel_size"] == 1
     assert resolved["model"]["seq_length"] == 4096
     assert resolved["model"]["freeze_language_model"] is False
-    assert resolved["train"] == {"train_iters": 30, "global_batch_size": 128, "micro_batch_size": 4, "log_interval": 1}
+    assert resolved["train"] == {
+        "train_iters": 30,
+        "global_batch_size": 128,
+        "micro_batch_size": 4,
+        "log_interval": 1,
+        "stall_report_seconds": bench.STALL_REPORT_SECONDS,
+    }
     assert resolved["checkpoint"]["pretrained_checkpoint"] == str(megatron)
     assert resolved["checkpoint"]["save"] == str(tmp_path / "run" / "checkpoints")
     # The layout and batch pass omni3-sft's own checks at 4 GPUs.

@@ -72,6 +72,8 @@ class TrainSection(Section):
     global_batch_size: int
     micro_batch_size: int = 1
     log_interval: PositiveInt | None = None  # iterations per metrics line and progress line; unset: the recipe's
+    # Seconds without a finished step before every rank prints its Python stacks (omni3_sft.stall_report); 0: off.
+    stall_report_seconds: NonNegativeInt = 0
 
 
 class OptimizerSection(Section):

@@ -23,6 +23,7 @@ from typing import Any
 from omni3_sft import __version__, batches, checkpoints, model_shape, preflight, recipe, run_outputs
 from omni3_sft.batches import BatchStats, CountingIterator
 from omni3_sft.cli import TOOL
+from omni3_sft.stall_report import StallReport
 from omni3_shared.errors import ToolFailure
 from omni3_shared.manifest import ArtifactKind, Hashing, InputRef, tool_info
 from omni3_shared.publish import publish_artifact, staging_path
@@ -60,6 +61,7 @@ class Recorder:
     gpus: int
     data_parallel: int
     stats: BatchStats = field(default_factory=BatchStats)
+    stall: StallReport = field(default_factory=StallReport)
     eta: run_outputs.EtaClock = field(default_factory=run_outputs.EtaClock)
     modality_totals: dict[str, int] = field(default_factory=lambda: dict.fromkeys(batches.MODALITIES, 0))
     last_iteration: int | None = None
@@ -69,11 +71,13 @@ class Recorder:
     _interval_first: int | None = None
 
     def start(self, iteration: int) -> None:
+        self.stall.step()
         self._interval_start = time.monotonic()
         self._interval_first = iteration
         self.stats.take()  # batches drawn before the first step (warm-up, none so far) do not count
 
     def step_end(self, iteration: int, loss: float | None, grad_norm: float | None, lr: float) -> None:
+        self.stall.step()
         self.last_iteration = iteration
         if loss is not None:
             self._losses.append(loss)
@@ -230,6 +234,8 @@ def train(config: Any, recorder: Recorder, modality: str | None, save_dir: Path)
             if exc.code not in (0, None):
                 raise
             signal_exit = True
+        finally:
+            recorder.stall.stop()
     point = checkpoints.resume_point(save_dir)
     return Outcome(recorder.last_iteration, point.iteration if point else None, signal_exit)
 
@@ -260,6 +266,9 @@ def run(
     train_iters = resolved["train"]["train_iters"]
     modality = resolved["dataset"].get("modality_filter")
     flops = preflight.flop_counter(shape, resolved)
+    stall = StallReport(resolved["train"].get("stall_report_seconds") or 0)
+    if stall.enabled and global_rank() == 0:
+        print(f"[{TOOL}] stall report: every rank prints its stacks if no step ends for {stall.seconds} s", flush=True)
 
     def prepare() -> tuple[Any, recipe.RecipeFacts, recipe.RecipePlan]:
         facts = recipe.gather_facts(resolved, hf_path, settings.trust_remote_code, run_dir, staging)
@@ -269,7 +278,7 @@ def run(
     if global_rank() != 0:
         staging.mkdir(parents=True, exist_ok=True)
         config, facts, _ = prepare()
-        recorder = Recorder(None, flops, train_iters, config.logger.log_interval, world, 1)
+        recorder = Recorder(None, flops, train_iters, config.logger.log_interval, world, 1, stall=stall)
         train(config, recorder, modality, Path(facts.save_dir))
         return None
 
@@ -306,6 +315,7 @@ def run(
                 max(int(config.logger.log_interval), 1),
                 world,
                 data_parallel_size(world, resolved),
+                stall=stall,
             )
             outcome = train(config, recorder, modality, Path(facts.save_dir))
         if outcome.saved is None or outcome.saved < train_iters:
