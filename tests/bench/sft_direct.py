@@ -7,10 +7,10 @@ Same workload as ``omni3_sft`` with the same YAML and overrides: the stage confi
 omni3's pure helpers (``stage_config``, ``recipe.plan_recipe``: the list of field assignments), the upstream
 recipe function is called and each field assigned (``recipe.apply_plan``, with the local HF path patched in, as
 the recipes read the hub otherwise), and this driver runs upstream ``finetune`` with upstream's Omni forward step
-itself, without omni3's run directory, progress lines, metrics files or publishing. What it adds (besides the
-same stall report as omni3-sft, ``train.stall_report_seconds``):
+itself, without omni3's run directory, progress lines, metrics files or publishing. What it adds:
 a token counter on the batches the forward step draws (``BatchStats``, the shapes omni3 counts) and a callback
-timing each step (CUDA synchronised at step end). Rank 0 writes one JSON line per iteration to --metrics with
+timing each step (CUDA synchronised at step end); with ``--profile-steps N``, torch.profiler over the last N
+iterations (``step_profile``). Rank 0 writes one JSON line per iteration to --metrics with
 the keys omni3's metrics records have (iteration, tokens, seconds, gpus, flops, data_wait_seconds) plus
 ``sequences``.
 
@@ -33,7 +33,9 @@ from typing import Any
 from omni3_sft import model_shape, preflight, recipe, stage_config
 from omni3_sft.batches import BatchStats, CountingIterator
 from omni3_sft.settings import SftSettings
-from omni3_sft.stall_report import StallReport
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # step_profile beside this file (run as a script)
+from step_profile import StepProfiler
 
 RANK = int(os.environ.get("RANK", "0"))
 WORLD = int(os.environ.get("WORLD_SIZE", "1"))
@@ -83,7 +85,7 @@ def counted(forward_step: Any, stats: BatchStats) -> Any:
 
 
 def timing_callback(
-    stats: BatchStats, flops: model_shape.FlopCounter, dp: int, metrics: Path, stall: StallReport
+    stats: BatchStats, flops: model_shape.FlopCounter, dp: int, metrics: Path, profiler: StepProfiler | None = None
 ) -> Any:
     import torch
     from megatron.bridge.training.callbacks import Callback
@@ -96,16 +98,20 @@ def timing_callback(
             self.out = metrics.open("w") if RANK == 0 else None
 
         def on_train_start(self, context: Any) -> None:
-            stall.step()
             torch.cuda.synchronize()
             stats.take()
             self.last = time.monotonic()
             log(f"training starts at iteration {int(context.state.train_state.step) + 1}")
 
+        def on_train_step_start(self, context: Any) -> None:
+            if profiler is not None:
+                profiler.step_start(int(context.state.train_state.step) + 1)
+
         def on_train_step_end(self, context: Any) -> None:
             torch.cuda.synchronize()  # the step's kernels are done: the wall time is the step's own
             now = time.monotonic()
-            stall.step()
+            if profiler is not None:
+                profiler.step_end()
             taken = stats.take()
             if self.out is not None:
                 # Every data-parallel rank draws micro batches of the same shapes: scale rank 0's counts.
@@ -125,7 +131,8 @@ def timing_callback(
             self.last = now
 
         def on_train_end(self, context: Any) -> None:
-            stall.stop()
+            if profiler is not None and (summary := profiler.finish()) is not None:
+                log(f"profile of {summary['steps']} steps: {profiler.out / 'profile.md'}")
             if self.out is not None:
                 self.out.close()
 
@@ -139,6 +146,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--megatron-checkpoint", required=True)
     parser.add_argument("--run-dir", required=True)
     parser.add_argument("--metrics", required=True)
+    parser.add_argument("--profile-steps", type=int, default=0, help="profile the last N iterations (rank 0)")
+    parser.add_argument("--profile-out", default=None, help="folder for profile.json and profile.md")
     parser.add_argument("overrides", nargs="*")
     return parser.parse_args(argv)
 
@@ -159,8 +168,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     forward_step = getattr(importlib.import_module(module_name), name)
     stats = BatchStats()
     metrics = Path(args.metrics)
-    stall = StallReport(resolved["train"]["stall_report_seconds"])  # as omni3-sft does with the same override
-    callback = timing_callback(stats, flops, data_parallel(resolved), metrics, stall)
+    profiler = None
+    if args.profile_steps > 0 and RANK == 0:
+        first = resolved["train"]["train_iters"] - args.profile_steps + 1
+        profiler = StepProfiler(first, Path(args.profile_out or Path(args.metrics).parent))
+    callback = timing_callback(stats, flops, data_parallel(resolved), metrics, profiler)
     log("finetune starts")
     finetune(config, counted(forward_step, stats), callbacks=[callback])
     log("finetune returned")

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from omni3_sft import batches, model_shape, run_outputs
-from omni3_sft.train import Recorder, cache_triton_autotuning, data_parallel_size, layout_name, peft_entry
+from omni3_sft.train import Recorder, cache_triton_kernels, data_parallel_size, layout_name, peft_entry
 
 
 @dataclass
@@ -183,10 +183,20 @@ def test_layout_names_and_peft_entry() -> None:
     }
 
 
-def test_triton_autotuning_is_cached_unless_the_user_says_otherwise() -> None:
+def test_triton_kernels_are_cached_on_the_storage_unless_the_user_says_otherwise(tmp_path: Path) -> None:
     environ: dict[str, str] = {}
-    cache_triton_autotuning(environ)
+    folder = tmp_path / "storage" / "cache" / "triton"
+    assert cache_triton_kernels(environ, folder) == str(folder)
+    assert environ == {"TRITON_CACHE_AUTOTUNING": "1", "TRITON_CACHE_DIR": str(folder)}
+    assert folder.is_dir()
+    chosen = {"TRITON_CACHE_AUTOTUNING": "0", "TRITON_CACHE_DIR": str(tmp_path / "mine")}
+    assert cache_triton_kernels(chosen, folder) == str(tmp_path / "mine")
+    assert chosen == {"TRITON_CACHE_AUTOTUNING": "0", "TRITON_CACHE_DIR": str(tmp_path / "mine")}
+
+
+def test_an_uncreatable_triton_cache_leaves_triton_its_default(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    environ: dict[str, str] = {}
+    assert "default" in cache_triton_kernels(environ, blocker / "triton")
     assert environ == {"TRITON_CACHE_AUTOTUNING": "1"}
-    chosen = {"TRITON_CACHE_AUTOTUNING": "0"}
-    cache_triton_autotuning(chosen)
-    assert chosen == {"TRITON_CACHE_AUTOTUNING": "0"}

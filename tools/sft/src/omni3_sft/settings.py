@@ -37,6 +37,11 @@ class SftSettings(ToolSettings):
     valor32k_energon_path: Path = Path("datasets/valor32k/energon")
     """Valor32k-AVQA Energon dataset (from omni3-prep valor32k) for the Valor32k variants."""
 
+    triton_cache_dir: Path = Path("cache/triton")
+    """Triton's kernel cache (compiled kernels, autotuning results), kept on the shared storage so containers that
+    come and go reuse it: the first run of a model spends about 2 minutes of its first iteration autotuning the
+    Mamba and MoE kernels, later runs of that model skip most of it. TRITON_CACHE_DIR, when set, wins."""
+
     trust_remote_code: bool = False
     """Run Python code shipped inside the HF checkpoint (configuration_*.py). Off unless you trust the source."""
 
