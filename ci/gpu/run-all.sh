@@ -21,6 +21,10 @@ GPUS=$(nvidia-smi -L | wc -l)
 BENCH_GPUS=$([ "$GPUS" -ge 4 ] && echo 4 || echo 1)  # the bench knows 1 GPU and 4 (EP4, with its 1-GPU baseline)
 export OMNI3_GPU_STORE=${OMNI3_GPU_STORE:-/tmp/omni3-gpu-store} OMNI3_GPU_DATA=${OMNI3_GPU_DATA:-$PWD/.gpu-data}
 export OMNI3_GPU_LORA_RUN=$OMNI3_GPU_STORE/runs/image_text_peft PYTHONUNBUFFERED=1
+# One Triton cache for every step (omni3-sft and the bench take it over their own defaults), seeded with the
+# autotuning results an earlier machine left (.gpu-triton, carried) and packed into $OUT for the next one.
+export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/omni3-triton-cache} TRITON_CACHE_AUTOTUNING=1
+bash ci/gpu/triton-cache.sh unpack .gpu-triton/autotune.tgz "$TRITON_CACHE_DIR"
 STEPS=${*:-sft adapters lifecycle}
 echo "== $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) x $GPUS; steps: $STEPS ($(date -u +%F\ %T))"
 run_step() {  # $1 = step[=options]
@@ -49,5 +53,6 @@ for group in $STEPS; do
   for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
   for step in ${group//+/ }; do grep -E '^\[(sft-gpu|lifecycle|tools-gpu|adapters|gpu-tool)|passed|failed|error' "$OUT/${step//[=,]/-}.log" | tail -40; done
 done
+bash ci/gpu/triton-cache.sh pack "$TRITON_CACHE_DIR" "$OUT/triton-autotune.tgz" || true
 echo "== done ($(date -u +%T)), exit $rc"
 exit $rc

@@ -729,9 +729,10 @@ def bench_env(args: argparse.Namespace) -> dict[str, str]:
         "OMNI3_VERIFY": "false",  # omni3-import: no logit check on the proxy (nothing is measured there)
         # omni3-sft keeps Triton's autotuning results; the direct driver must run the same kernels, so both
         # read one cache: the first run tunes, the later ones reuse its choices instead of tuning again.
-        # TRITON_CACHE_DIR set here wins over omni3-sft's own default (under its storage root).
+        # TRITON_CACHE_DIR set here wins over omni3-sft's own default (under its storage root); one given to the
+        # bench (ci/gpu/run-all.sh gives every step one) is kept.
         "TRITON_CACHE_AUTOTUNING": "1",
-        "TRITON_CACHE_DIR": str(Path(args.work).absolute() / "triton-cache"),
+        "TRITON_CACHE_DIR": os.environ.get("TRITON_CACHE_DIR") or str(Path(args.work).absolute() / "triton-cache"),
     }
 
 

@@ -309,11 +309,15 @@ def test_direct_driver_resolves_the_same_config_as_omni3_sft(tmp_path: Path) -> 
     assert direct.data_parallel(direct.resolve(args)) == 1
 
 
-def test_every_phase_reads_one_triton_autotuning_cache() -> None:
-    env = bench.bench_env(bench.parse_args(["--dataset", "/d", "--work", "/w"]))
+def test_every_phase_reads_one_triton_autotuning_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    args = bench.parse_args(["--dataset", "/d", "--work", "/w"])
+    env = bench.bench_env(args)
     assert env["TRITON_CACHE_AUTOTUNING"] == "1"  # omni3 and the direct driver run the same tuned kernels
     assert env["TRITON_CACHE_DIR"] == "/w/triton-cache"  # one folder, not omni3-sft's default beside the direct's
     assert str(bench.REPO / "tools" / "sft" / "src") in env["PYTHONPATH"].split(os.pathsep)
+    monkeypatch.setenv("TRITON_CACHE_DIR", "/tmp/omni3-triton-cache")  # ci/gpu/run-all.sh's, seeded from earlier
+    assert bench.bench_env(args)["TRITON_CACHE_DIR"] == "/tmp/omni3-triton-cache"
 
 
 def test_the_machine_line_counts_identical_cards() -> None:

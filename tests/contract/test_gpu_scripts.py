@@ -25,3 +25,50 @@ def test_gpu_script_parses_and_is_strict(script: str) -> None:
     if script not in SOURCED:
         lines = (REPO / script).read_text().splitlines()
         assert any(line.startswith("set -") and "u" in line and "pipefail" in line for line in lines), script
+
+
+def test_triton_autotuning_results_travel_from_one_machine_to_the_next(tmp_path: Path) -> None:
+    """pack on one machine, keep here (merging with what was kept), unpack on the next; nothing else travels."""
+    script = REPO / "ci" / "gpu" / "triton-cache.sh"
+    cache = tmp_path / "machine1-cache"
+    (cache / "ABC123").mkdir(parents=True)
+    (cache / "ABC123" / "_chunk_scan_fwd.autotune.json").write_text('{"key": [1], "configs_timings": []}')
+    (cache / "ABC123" / "_chunk_scan_fwd.cubin").write_bytes(b"\0" * 64)  # compiled code stays behind
+    job = tmp_path / "job"
+    job.mkdir()
+
+    def run(*args: str, cwd: Path = tmp_path) -> str:
+        done = subprocess.run(["bash", str(script), *args], cwd=cwd, capture_output=True, text=True, check=True)
+        return done.stdout
+
+    assert "packed 1 " in run("pack", str(cache), str(job / "triton-autotune.tgz"))
+    subprocess.run(["tar", "czf", str(tmp_path / "gpu-out.tgz"), "-C", str(job), "."], check=True)
+    checkout = tmp_path / "checkout"
+    (checkout / ".gpu-triton").mkdir(parents=True)
+    earlier = tmp_path / "earlier"
+    (earlier / "DEF456").mkdir(parents=True)
+    (earlier / "DEF456" / "_unpermute_kernel.autotune.json").write_text("{}")
+    run("pack", str(earlier), str(checkout / ".gpu-triton" / "autotune.tgz"))
+    assert "holds 2 autotuning results" in run("keep", str(tmp_path / "gpu-out.tgz"), cwd=checkout)
+
+    fresh = tmp_path / "machine2-cache"
+    assert "unpacked 2 " in run("unpack", str(checkout / ".gpu-triton" / "autotune.tgz"), str(fresh))
+    found = sorted(str(path.relative_to(fresh)) for path in fresh.rglob("*") if path.is_file())
+    assert found == ["ABC123/_chunk_scan_fwd.autotune.json", "DEF456/_unpermute_kernel.autotune.json"]
+    assert "nothing carried" in run("unpack", str(tmp_path / "absent.tgz"), str(fresh))
+
+
+def test_a_carried_archive_cannot_write_outside_the_cache(tmp_path: Path) -> None:
+    script = REPO / "ci" / "gpu" / "triton-cache.sh"
+    evil = tmp_path / "evil"
+    (evil / "sub").mkdir(parents=True)
+    (evil / "sub" / "x.autotune.json").write_text("{}")
+    (tmp_path / "outside.autotune.json").write_text("{}")
+    tgz = tmp_path / "evil.tgz"
+    subprocess.run(
+        ["tar", "czf", str(tgz), "-C", str(evil), "sub/x.autotune.json", "../outside.autotune.json"], check=True
+    )
+    cache = tmp_path / "cache"
+    subprocess.run(["bash", str(script), "unpack", str(tgz), str(cache)], check=True, capture_output=True)
+    assert (cache / "sub" / "x.autotune.json").is_file()
+    assert sorted(p.name for p in cache.rglob("*")) == ["sub", "x.autotune.json"]
