@@ -7,7 +7,7 @@ moves the deadline, so a healthy run prints nothing. 0 (the default) turns it of
 
 A watcher thread reads the stacks with ``sys._current_frames()``, under the interpreter lock. Not
 ``faulthandler.dump_traceback_later``: it walks other threads' frames without that lock, and on 2026-11-27 it
-crashed two of the benchmark's ranks (SIGSEGV) while they compiled Triton kernels.
+crashed one rank of each of the benchmark's three runs (SIGSEGV) while they compiled Triton kernels.
 """
 
 from __future__ import annotations
