@@ -21,14 +21,15 @@ What it measures, each phase in its own subprocess with its own log file in --ou
 - ``profile`` (only with --profile N): the direct driver on one GPU, its last N steps under torch.profiler
   (``step_profile.py``): GPU kernel time per step against wall time, by kind of kernel and the top kernels.
 
-Numbers: tokens/s/GPU (token positions of the batches the forward step draws, padding included, counted the
-way omni3's metrics count them), TFLOP/s/GPU (``omni3_sft.model_shape.FlopCounter``: language model, vision tower
-and projector), MFU = TFLOP/s/GPU / measured peak, omni3's overhead = 1 - omni3 tokens/s / direct tokens/s
+Numbers: tokens/s/GPU (token positions of the batches the forward step draws, padding included, counted the way
+omni3's metrics count them), TFLOP/s/GPU (``omni3_sft.model_shape.FlopCounter``: language model, vision tower and
+projector), MFU = TFLOP/s/GPU / measured peak, omni3's overhead = 1 - omni3 tokens/s / direct tokens/s
 (``overhead_median_step``: the same from the median step times, which leave a late batch out) with its margin
 (``overhead_margin``: two standard errors from both runs' step-to-step spread; the overhead target counts as met or
-missed only outside it, else "not shown"), scaling efficiency = 4-GPU tokens/s/GPU / 1-GPU tokens/s/GPU, data wait = the share of the time rank 0's forward
-step waited for the data loader (``--workers`` processes per rank). Writes ``summary.json`` and ``summary.md``
-into --out and, with --record, a Markdown + JSON record into that folder (ci/records/).
+missed only outside it, else "not shown"), scaling efficiency = 4-GPU tokens/s/GPU / 1-GPU tokens/s/GPU, data wait =
+the share of the time rank 0's forward step waited for the data loader (``--workers`` processes per rank). Writes
+``summary.json`` and ``summary.md`` into --out and, with --record, a Markdown + JSON record into that folder
+(ci/records/).
 
 The pure pieces (proxy spec, stage YAML, arithmetic, rendering) are tested on the CPU in test_sft_bench.py.
 """
