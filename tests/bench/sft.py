@@ -344,10 +344,19 @@ def overhead_margin(omni3: Throughput, direct: Throughput) -> float:
     overhead = 1 - r with r the ratio of the two throughputs; the ratio's relative error is the two runs' relative
     errors of their mean step time added in quadrature. Steps varied by 10-12% on the proxy (H200, 2026-11-27), and
     not with their batch's size, so pairing the runs' steps does not help: 15 measured steps leave a margin of
-    about 8%, and showing a 2% target needs about 250 per run.
+    about 8%, and deciding the 2% target at the measured -0.4% needs about 170 per run (``steps_to_decide``).
     """
     ratio = 1 - overhead(omni3.tokens_per_s_per_gpu, direct.tokens_per_s_per_gpu)
     return 2 * ratio * math.hypot(omni3.step_relative_error, direct.step_relative_error)
+
+
+def steps_to_decide(value: float, margin: float, steps: int, goal: float) -> int | None:
+    """Measured steps per run that would shrink ``margin`` (which falls as 1/sqrt(steps)) to the distance between
+    ``value`` and ``goal``; None when the value sits on the goal."""
+    distance = abs(goal - value)
+    if distance <= 0 or not math.isfinite(margin) or steps <= 0:
+        return None
+    return max(steps, math.ceil(steps * (margin / distance) ** 2))
 
 
 def scaling_efficiency(multi_tokens_per_s_per_gpu: float, single_tokens_per_s_per_gpu: float) -> float:
@@ -404,6 +413,10 @@ def derive(runs: Mapping[str, Throughput | None], peak_tflops: float | None) -> 
     if omni3 and direct:
         results["overhead"] = _round(overhead(omni3.tokens_per_s_per_gpu, direct.tokens_per_s_per_gpu), 4)
         results["overhead_margin"] = _round(overhead_margin(omni3, direct), 4)
+        if results["overhead"] is not None and results["overhead_margin"] is not None:
+            needed = steps_to_decide(results["overhead"], results["overhead_margin"], omni3.steps, TARGET_OVERHEAD)
+            if needed is not None:
+                results["overhead_steps_to_decide"] = needed
         # Both runs draw the same batches in the same order: the median step time is the same comparison with
         # the slow outliers (a late batch, a hiccup) left out.
         results["overhead_median_step"] = _round(
@@ -669,11 +682,17 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
             value += f" ± {_fmt(margin, percent=True)}"
         met = {True: "yes", False: "**no**", None: "not measured"}[target["met"]]
         if target["met"] is None and margin is not None and target["value"] is not None:
-            met = "**not shown** (the margin straddles the target: measure more steps)"
+            needed = results.get("overhead_steps_to_decide")
+            more = f"about {needed} measured steps per run" if needed else "more measured steps"
+            met = f"**not shown** (the margin straddles the target: {more} would decide it)"
         lines.append(f"| {target['name']} | {value} | {target['goal']} | {met} |")
     extra = {k: v for k, v in results.items() if k not in {t["name"] for t in summary["targets"]}}
     if extra:
-        lines += ["", "All derived numbers: " + ", ".join(f"{k} {_fmt(v, percent=True)}" for k, v in extra.items())]
+        lines += [
+            "",
+            "All derived numbers: "
+            + ", ".join(f"{k} {_fmt(v, percent=isinstance(v, float))}" for k, v in extra.items()),
+        ]
     profile = summary.get("profile")
     if profile:
         lines += [

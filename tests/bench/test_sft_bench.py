@@ -246,6 +246,21 @@ def test_overhead_margin_follows_the_step_spread_and_decides_the_verdict() -> No
     assert bench.Target("overhead", value, "< 0.02", margin / 5).met is True  # 25x the steps would settle it
     assert bench.Target("overhead", 0.12, "< 0.02", margin).met is False
     assert bench.Target("MFU", 0.067, ">= 0.35").met is False
+    # The margin falls as 1/sqrt(steps): about 170 steps per run bring +-8% at 15 steps inside the 2.4% gap.
+    needed = bench.steps_to_decide(value, margin, 15, 0.02)
+    assert needed is not None and 150 < needed < 200
+    assert bench.steps_to_decide(0.02, margin, 15, 0.02) is None  # on the target: no length decides it
+    assert bench.steps_to_decide(0.5, margin, 15, 0.02) == 15  # already decided
+
+
+def test_markdown_says_how_many_steps_would_decide_an_undecided_overhead(tmp_path: Path) -> None:
+    summary = _summary(tmp_path, failed=False)
+    summary["results"].update(overhead=0.01, overhead_margin=0.05, overhead_steps_to_decide=500)
+    summary["targets"][0].update(value=0.01, margin=0.05, met=None)
+    text = bench.render_markdown(summary)
+    assert "| omni3 overhead vs direct | 1.0% ± 5.0% | < 0.02 | **not shown** (" in text
+    assert "about 500 measured steps per run would decide it" in text
+    assert "overhead_steps_to_decide 500" in text  # a count, not a percentage
 
 
 def test_markdown_reports_a_failed_phase(tmp_path: Path) -> None:
