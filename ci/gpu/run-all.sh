@@ -9,7 +9,7 @@
 #   layout     issue 6: the production layout at proxy scale, import -> sft (default, LoRA) -> export and
 #              adapter-export, against half the GPUs (TP4 x EP8 on 8 GPUs, TP2 x EP4 on 4)
 #   bench      tests/bench/sft.py on 4 GPUs where the machine has 4 or more, else on 1
-#              (dataset: $OMNI3_GPU_DATA/datasets/bench_receipts);
+#              (dataset: $OMNI3_GPU_DATA/datasets/bench_receipts, CORD-sized: see run-bench-sft.sh);
 #              bench=--micro-batch,8,--micro-batches,4 passes those arguments
 # Usage, from the repository root after the kit's setup: source /tmp/omni3-gpu/env.sh && bash ci/gpu/run-all.sh [STEPS]
 # Steps run one after the other; A+B runs A and B side by side (e.g. sft+lifecycle adapters bench).

@@ -2,7 +2,8 @@
 # omni3-sft's benchmark (issue 5 item 7) on a lent GPU machine: tests/bench/sft.py with the kit's Megatron stack.
 # Run from the repository root on the device, after the kit is set up (see ../shared/gpu/README.md):
 #   source /tmp/omni3-gpu/env.sh && bash ci/gpu/run-bench-sft.sh --gpus 1 --dataset DATASET_DIR [BENCH_ARGS...]
-# The dataset is built on the CPU machine (omni3-prep synth --kind receipts --sample N --output DIR) and carried.
+# The dataset is built on the CPU machine and carried: CORD-sized receipts, about 1,500-1,900 image tokens each, from
+#   OMNI3_STORAGE_ROOT=.gpu-data omni3-prep synth --kind receipts --sample 256 --receipt-width 1536 --output datasets/bench_receipts
 # Work files (proxy checkpoints, runs) go to $BENCH_WORK (default /tmp/omni3-bench-sft); logs, summary and the
 # record to $OUT (or ./bench-sft-out), the record also to ci/records/ when --record is not given.
 set -uo pipefail

@@ -74,6 +74,11 @@ CARD_GB = 80.0
 # Two loader workers per rank (the recipe's) kept the GPU waiting for receipts on the first H200 run (steps of
 # 1.3-2.0 s); the bench wants the GPU's speed, so it gives the loader more processes and reports what wait is left.
 DEFAULT_WORKERS = 8
+# CORD's receipt scans are about 1,000-1,500 pixels a side, and Nemotron Omni's processor tiles them into 512x512 tiles
+# of 256 tokens (up to 12 plus a thumbnail): about 1,500-3,000 image tokens a receipt. The proxy's processor keeps
+# images up to this side whole (one token per 32x32 pixels), so CORD-sized synthetic receipts (omni3-prep synth
+# --receipt-width 1536) give each sample about 1,500 image tokens, as real ones do. 512 was the first bench's size.
+DEFAULT_IMAGE_SIDE = 1536
 
 TARGET_MFU = 0.35  # 1-GPU proxy
 TARGET_OVERHEAD = 0.02
@@ -105,7 +110,7 @@ def check_layers(layers: str) -> str:
     return layers
 
 
-def proxy_spec_fields(layers: str, seq_length: int) -> dict[str, Any]:
+def proxy_spec_fields(layers: str, seq_length: int, image_side: int = DEFAULT_IMAGE_SIDE) -> dict[str, Any]:
     """TinyOmniSpec fields of the proxy: the published Nemotron 3 Nano LLM shape with the layers of ``layers``.
 
     The sound encoder keeps the tiny spec's size: the receipts data has no audio, so it never runs.
@@ -127,14 +132,15 @@ def proxy_spec_fields(layers: str, seq_length: int) -> dict[str, Any]:
         "moe_shared_expert_intermediate_size": PUBLISHED_LLM["moe_shared_expert_intermediate_size"],
         "max_position_embeddings": seq_length,
         "projector_hidden_size": PUBLISHED_PROJECTOR,
+        "image_max_side": image_side,
     }
 
 
-def proxy_spec(layers: str, seq_length: int) -> Any:
+def proxy_spec(layers: str, seq_length: int, image_side: int = DEFAULT_IMAGE_SIDE) -> Any:
     """The builder's TinyOmniSpec of the proxy (imports omni3_import, hence torch and transformers)."""
     from omni3_import.tiny_model.spec import TinyOmniSpec
 
-    return TinyOmniSpec(**proxy_spec_fields(layers, seq_length))
+    return TinyOmniSpec(**proxy_spec_fields(layers, seq_length, image_side))
 
 
 def proxy_shape(layers: str, seq_length: int) -> model_shape.OmniShape:
@@ -162,6 +168,7 @@ class Workload:
     iters: int
     warmup: int
     workers: int = DEFAULT_WORKERS  # data loader processes per rank
+    image_side: int = DEFAULT_IMAGE_SIDE  # the proxy processor's longest image side (the data's images up to it)
 
     @property
     def expert_parallel(self) -> int:
@@ -513,11 +520,11 @@ def torchrun(nproc: int, *args: str) -> list[str]:
 # In-process work of the build and peak phases (run as ``sft.py _build`` / ``sft.py _peak`` subprocesses)
 
 
-def build_main(hf_dir: Path, layers: str, seq_length: int) -> None:
+def build_main(hf_dir: Path, layers: str, seq_length: int, image_side: int) -> None:
     from omni3_import.tiny_model import build_tiny_omni
 
-    log(f"building the proxy {layers} into {hf_dir}")
-    record = build_tiny_omni(hf_dir, spec=proxy_spec(layers, seq_length), vision="omit")
+    log(f"building the proxy {layers} into {hf_dir} (images up to {image_side} pixels a side)")
+    record = build_tiny_omni(hf_dir, spec=proxy_spec(layers, seq_length, image_side), vision="omit")
     log(f"built: {record['num_tensors']} tensors in {len(record['shards'])} shard(s)")
 
 
@@ -583,11 +590,11 @@ def machine() -> dict[str, Any]:
 def notes(workload: Workload) -> list[str]:
     notes = [
         "tokens/s counts the token positions of the batches the forward step draws (input_ids shape, padding "
-        "included), as omni3's metrics do; the synthetic receipts are short (one small image and ~600 characters "
-        "of text), so a micro batch is padded to its longest sample rounded up to 128, not to model.seq_length "
-        f"({workload.seq_length}); see positions_per_sequence",
-        "each image occupies one input_ids position but expands to its image tokens inside the model; "
-        "positions count the expanded sequence",
+        "included), as omni3's metrics do; a micro batch is padded to its longest sample rounded up to 128, not to "
+        f"model.seq_length ({workload.seq_length}); see positions_per_sequence",
+        "each image occupies one input_ids position but expands to its image tokens inside the model (one per 32x32 "
+        f"pixels; the proxy's processor keeps images up to {workload.image_side} pixels a side whole); positions "
+        "count the expanded sequence",
         "TFLOP/s counts model FLOPs (omni3_sft.model_shape.FlopCounter): the language model at 3 x forward, the "
         "frozen RADIO tower at 1 x forward over each image's patches, the trained projector at 3 x forward",
         f"data wait: the share of the measured time rank 0's forward step waited for the data loader "
@@ -872,7 +879,10 @@ def prepare_model(ctx: Context, hf: Path, megatron: Path) -> bool:
         log(f"phase build: reused {hf}")
     else:
         shutil.rmtree(hf, ignore_errors=True)  # a half-written build from a killed bench
-        command = [sys.executable, str(Path(__file__).resolve()), "_build", str(hf), w.layers, str(w.seq_length)]
+        command = [
+            sys.executable, str(Path(__file__).resolve()), "_build", str(hf), w.layers, str(w.seq_length),
+            str(w.image_side),
+        ]  # fmt: skip
         if not run_phase(ctx.phase("build", command), ctx.env, REPO).ok:
             skip(ctx.phase("import", []), "the proxy build failed")
             return False
@@ -901,13 +911,14 @@ def run_bench(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         args.iters,
         args.warmup,
         args.workers,
+        args.image_side,
     )
     work = Path(args.work).absolute()
     out = Path(args.out).absolute() if args.out else work / "out"
     out.mkdir(parents=True, exist_ok=True)
     ctx = Context(args, workload, out, work, bench_env(args))
     dataset = Path(args.dataset).absolute()
-    model_dir = work / f"proxy-{layers_slug(workload.layers)}-seq{workload.seq_length}"
+    model_dir = work / f"proxy-{layers_slug(workload.layers)}-seq{workload.seq_length}-img{workload.image_side}"
     hf, megatron = model_dir / "hf", model_dir / "megatron"
     command = shlex.join(["python", "tests/bench/sft.py", *argv])
     log(f"bench: {command}")
@@ -916,6 +927,7 @@ def run_bench(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     document = stage_document(dataset, megatron)
     proxy = {
         "layers": workload.layers,
+        "image_side": workload.image_side,
         "params": model_shape.human_count(model_shape.total_params(shape)),
         "llm_params": model_shape.human_count(model_shape.llm_params(shape.llm)),
         "llm_training_gflop_per_token": round(model_shape.training_flops_per_token(shape.llm, 1024) / 1e9, 2),
@@ -983,6 +995,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--micro-batch", type=int, default=4, help="train.micro_batch_size")
     parser.add_argument("--micro-batches", type=int, default=8, help="micro batches per GPU per step")
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="data loader processes per rank")
+    parser.add_argument(
+        "--image-side", type=int, default=DEFAULT_IMAGE_SIDE,
+        help="the proxy processor's longest image side; pair it with the dataset's receipt width",
+    )  # fmt: skip
     parser.add_argument("--record", default=None, help="folder for the Markdown + JSON record (ci/records)")
     parser.add_argument("--out", default=None, help="logs and summary (default WORK/out)")
     parser.add_argument("--no-scaling", action="store_true", help="--gpus 4: skip the 1-GPU baseline run")
@@ -1001,7 +1017,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "_build":
-        build_main(Path(argv[1]), argv[2], int(argv[3]))
+        build_main(Path(argv[1]), argv[2], int(argv[3]), int(argv[4]))
         return 0
     if argv and argv[0] == "_peak":
         peak_main(Path(argv[1]))

@@ -87,6 +87,34 @@ def test_receipts_reach_the_omni_step_as_images(store: Path, resolved_config: An
         assert len(patches) == len(batch["imgs_sizes"]) and sum(patches) == pixels(batch).shape[-2]
 
 
+def test_cord_sized_receipts_reach_the_step_with_cord_like_image_tokens(
+    tmp_path_factory: pytest.TempPathFactory, resolve_variant: Any
+) -> None:
+    """The benchmark's data (``omni3-prep synth --receipt-width 1536``) through a processor that keeps images up to
+    1536 pixels whole, as the benchmark's proxy has it: about 1,500 image tokens a receipt, as CORD's scans give."""
+    from omni3_import.tiny_model import build_tiny_omni
+    from omni3_import.tiny_model.spec import TinyOmniSpec
+
+    data = Path(os.environ.get("OMNI3_GPU_DATA", "/nonexistent"))
+    if not (data / "datasets" / "bench_receipts" / ".nv-meta").is_dir():
+        pytest.skip("no $OMNI3_GPU_DATA/datasets/bench_receipts (omni3-prep synth --receipt-width 1536)")
+    root = tmp_path_factory.mktemp("cord-sized-store")
+    build_tiny_omni(root / "models" / "tiny_omni_hf", vision="omit", spec=TinyOmniSpec(image_max_side=1536))
+    (root / "checkpoints" / "tiny_omni").mkdir(parents=True)
+    (root / "datasets").symlink_to(data / "datasets")
+    resolved, settings = resolve_variant(root, "tiny", "datasets/bench_receipts", "datasets/synth_avqa")
+    resolved["model"]["seq_length"] = 4096  # the benchmark's (tiny's 1024 cannot hold a CORD-sized receipt)
+    iterator = train_iterator(recipe.build_config_container(resolved, settings))
+    stats = batches.BatchStats()
+    for _ in range(BATCHES):
+        stats.add(next(iterator))
+    image_tokens = [patches // 4 for patches in stats.image_patches]  # 2x2 pixel shuffle
+    assert len(image_tokens) == BATCHES and all(1000 <= tokens <= 2500 for tokens in image_tokens), image_tokens
+    per_sequence = stats.tokens / len(stats.sequence_lengths)
+    print(f"image tokens per receipt {image_tokens}, positions per sequence {per_sequence:.0f}")
+    assert min(image_tokens) < per_sequence <= resolved["model"]["seq_length"]
+
+
 def test_clips_reach_the_omni_step_as_video_and_audio(store: Path, resolved_config: Any) -> None:
     drawn, resolved = draw(store, "valor32k", resolved_config)
     for batch in drawn:

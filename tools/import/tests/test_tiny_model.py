@@ -115,6 +115,19 @@ def test_processor_expands_images_and_returns_normalized_chw(tiny_dir: Path) -> 
     assert processor(text=["no image"], images=None)["input_ids"]
 
 
+def test_the_image_side_is_the_specs_and_bounds_the_image_tokens(tmp_path: Path, tiny_dir: Path) -> None:
+    from PIL import Image
+
+    receipt = Image.new("RGB", (1536, 1056), "white")  # a CORD-sized synthetic receipt (omni3-prep --receipt-width)
+    small = auto_load("AutoProcessor", tiny_dir).image_processor
+    assert json.loads((tiny_dir / "preprocessor_config.json").read_text())["max_side"] == 512
+    assert small(receipt)["pixel_values"][0].shape[1:] == (352, 512)  # shrunk: 11 x 16 = 176 image tokens
+    path = tmp_path / "large"
+    build_tiny_omni(path, seed=0, vision="omit", spec=TinyOmniSpec(image_max_side=1536))
+    large = auto_load("AutoProcessor", path).image_processor
+    assert large(receipt)["pixel_values"][0].shape[1:] == (1056, 1536)  # whole: 33 x 48 = 1,584 image tokens
+
+
 def llm_keys(spec: TinyOmniSpec) -> dict[str, tuple[int, ...]]:
     """The HF keys and shapes the Omni bridge maps for the LLM, derived from the spec (not from transformers)."""
     h, v = spec.hidden_size, spec.vocab_size

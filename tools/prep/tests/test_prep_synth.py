@@ -33,6 +33,28 @@ def test_receipts_are_deterministic_real_images_with_cord_ground_truth() -> None
     assert total == subtotal + int(parse["sub_total"]["tax_price"].replace(",", ""))
 
 
+def test_receipts_scale_to_the_width_asked_for() -> None:
+    small = Image.open(io.BytesIO(synth.receipt_image(3, 5)))
+    assert small.width == synth.RECEIPT_WIDTH
+    assert synth.receipt_image(3, 5, "PNG", synth.RECEIPT_WIDTH) == synth.receipt_image(3, 5)
+    large = Image.open(io.BytesIO(synth.receipt_image(3, 5, "PNG", 1024)))
+    assert large.size == (1024, small.height * 4)  # CORD-sized, the same receipt in proportion
+
+
+def test_synth_receipts_at_cord_size_read_back_at_that_size(run) -> None:
+    code, _, err = run(
+        "synth", "--output", "big", "--kind", "receipts", "--sample", "3", "--seed", "5", "--receipt-width", "1024"
+    )
+    assert code == 0, err
+    assert manifest(Path("big"))["config"]["receipt_width"] == 1024
+    for split_samples in read_dataset(Path("big")).values():
+        for key, sample in split_samples.items():
+            assert pixels(sample.imgs) == pixels(synth.receipt_image(5, int(key.split("-")[1]), "PNG", 1024))
+            assert sample.imgs.shape[-1] == 1024  # decoded [3, H, W]
+    code, _, err = run("synth", "--output", "bad", "--kind", "receipts", "--receipt-width", "10")
+    assert code == 2 and "receipt_width" in err
+
+
 def test_json2token_follows_the_cord_target_convention() -> None:
     value = {"menu": [{"nm": "TEA", "cnt": "1"}, {"nm": "CAKE", "cnt": "2"}], "total": {"total_price": "9"}}
     assert synth.json2token(value) == (

@@ -133,6 +133,7 @@ class PrepCommands(ToolCommands):
         sample: int | None = None,
         seed: int | None = None,
         raw: bool | None = None,
+        receipt_width: int | None = None,
         workers: int | None = None,
         shard_size: int | None = None,
         skip_bad: bool | None = None,
@@ -148,6 +149,8 @@ class PrepCommands(ToolCommands):
             sample: number of samples to make (default 64), split train/val/test by the fractions.
             seed: seed of the synthetic content (OMNI3_SEED).
             raw: write the raw inputs of the other sources (CORD parquet, VALOR videos + QA, JSONL) instead.
+            receipt_width: receipts: image width in pixels (default 256; CORD's scans are about 1,000), for
+                throughput work with real-sized images (OMNI3_RECEIPT_WIDTH).
             workers: shard-writing worker processes (OMNI3_WORKERS, default: usable cores).
             shard_size: samples per shard (OMNI3_SHARD_SIZE).
             skip_bad: leave bad records out instead of stopping with exit 3.
@@ -155,7 +158,7 @@ class PrepCommands(ToolCommands):
             force: replace a complete dataset at --output.
             dry_run: print the plan and the checks' results; write nothing.
         """
-        settings = load_settings(PrepSettings, _flags(locals(), "kind", "raw"), settings_file)
+        settings = load_settings(PrepSettings, _flags(locals(), "kind", "raw", "receipt_width"), settings_file)
         count = settings.sample or SYNTH_DEFAULT_SAMPLES
         if settings.raw:
             self._synth_raw(settings, count, force, dry_run)
@@ -164,7 +167,14 @@ class PrepCommands(ToolCommands):
 
         def make() -> PlannedSource:
             fractions = (settings.val_fraction, settings.test_fraction)
-            return source_synth.plan(settings.kind, count, settings.seed, *fractions, prompt=settings.prompt)
+            return source_synth.plan(
+                settings.kind,
+                count,
+                settings.seed,
+                *fractions,
+                prompt=settings.prompt,
+                receipt_width=settings.receipt_width,
+            )
 
         self._run_build("synth", settings, [], make, force, dry_run, None)
 
@@ -178,11 +188,15 @@ class PrepCommands(ToolCommands):
             return
         plan.raise_first_problem()
         media.require_ffmpeg()
-        write = synth_raw.write_receipts if settings.kind == "receipts" else synth_raw.write_avqa
         fractions = (settings.val_fraction, settings.test_fraction)
 
         def fill(root: Path) -> dict[str, Any]:
-            layout = write(root, count, settings.seed, *fractions, settings.worker_count())
+            if settings.kind == "receipts":
+                layout = synth_raw.write_receipts(
+                    root, count, settings.seed, *fractions, settings.worker_count(), settings.receipt_width
+                )
+            else:
+                layout = synth_raw.write_avqa(root, count, settings.seed, *fractions, settings.worker_count())
             return {
                 "format": "raw-sources",
                 "source": {"type": "synth", "kind": settings.kind, "seed": settings.seed},

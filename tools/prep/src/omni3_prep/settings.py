@@ -56,6 +56,9 @@ class PrepSettings(ToolSettings):
     test_fraction: float = Field(default=0.1, ge=0, le=0.5)
     """Share of records drawn into test when the source has no splits."""
 
+    receipt_width: int = Field(default=256, ge=64, le=4096)
+    """synth receipts: image width in pixels, the receipt scaled in proportion (CORD's scans are about 1,000 wide)."""
+
     prompt: str = CORD_PROMPT
     """hf and synth receipts: the user prompt of each image (Megatron-Bridge's CORD-v2 default)."""
 

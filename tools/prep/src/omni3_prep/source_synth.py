@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from omni3_prep import synth
 from omni3_prep.records import MediaRef, PlannedSource, Record
@@ -28,8 +29,12 @@ def placements(count: int, val_fraction: float, test_fraction: float) -> Iterato
             index += 1
 
 
-def receipt_record(seed: int, index: int, split: str, prompt: str = synth.CORD_PROMPT) -> Record:
-    params = (("what", "receipt"), ("seed", seed), ("index", index), ("format", "PNG"))
+def receipt_record(
+    seed: int, index: int, split: str, prompt: str = synth.CORD_PROMPT, width: int = synth.RECEIPT_WIDTH
+) -> Record:
+    params: tuple[tuple[str, Any], ...] = (("what", "receipt"), ("seed", seed), ("index", index), ("format", "PNG"))
+    if width != synth.RECEIPT_WIDTH:  # the default stays out, so datasets made before the setting read the same
+        params += (("width", width),)
     return Record(
         key=f"receipt-{index:06d}",
         split=split,
@@ -59,11 +64,17 @@ def clip_record(seed: int, index: int, split: str) -> Record:
 
 
 def plan(
-    kind: str, count: int, seed: int, val_fraction: float, test_fraction: float, prompt: str = synth.CORD_PROMPT
+    kind: str,
+    count: int,
+    seed: int,
+    val_fraction: float,
+    test_fraction: float,
+    prompt: str = synth.CORD_PROMPT,
+    receipt_width: int = synth.RECEIPT_WIDTH,
 ) -> PlannedSource:
     splits = placements(count, val_fraction, test_fraction)
     if kind == "receipts":
-        items = (receipt_record(seed, index, split, prompt) for index, split in splits)
+        items = (receipt_record(seed, index, split, prompt, receipt_width) for index, split in splits)
     else:
         items = (clip_record(seed, index, split) for index, split in splits)
     description = {
@@ -71,6 +82,7 @@ def plan(
         "kind": kind,
         "seed": seed,
         "samples": count,
+        **({"receipt_width": receipt_width} if kind == "receipts" else {}),
         "splits": split_sizes(count, val_fraction, test_fraction),
     }
     return PlannedSource(name="synth", description=description, items=items, total_hint=count)

@@ -80,23 +80,28 @@ def receipt_ground_truth(seed: int, index: int) -> dict[str, Any]:
     }
 
 
-def receipt_image(seed: int, index: int, fmt: str = "PNG") -> bytes:
-    """Render receipt ``index`` as an image in ``fmt`` (PNG or JPEG)."""
+RECEIPT_WIDTH = 256  # pixels; the text is drawn at this width and the whole receipt scaled to the one asked for
+
+
+def receipt_image(seed: int, index: int, fmt: str = "PNG", width: int = RECEIPT_WIDTH) -> bytes:
+    """Render receipt ``index`` as an image in ``fmt`` (PNG or JPEG), ``width`` pixels wide (height in proportion)."""
     parse = receipt_ground_truth(seed, index)["gt_parse"]
     lines = [("OMNI3 CAFE", ""), ("", "")]
     lines += [(f"{item['cnt']} x {item['nm']}", item["price"]) for item in parse["menu"]]
     lines += [("", ""), ("SUBTOTAL", parse["sub_total"]["subtotal_price"]), ("TAX", parse["sub_total"]["tax_price"])]
     lines += [("TOTAL", parse["total"]["total_price"]), ("CASH", parse["total"]["cashprice"])]
     lines += [("CHANGE", parse["total"]["changeprice"])]
-    width, line_height = 256, 16
-    image = Image.new("RGB", (width, 24 + line_height * len(lines)), (250, 248, 240))
+    base, line_height = RECEIPT_WIDTH, 16
+    image = Image.new("RGB", (base, 24 + line_height * len(lines)), (250, 248, 240))
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default()
     for row, (left, right) in enumerate(lines):
         y = 12 + row * line_height
         draw.text((12, y), left, fill=(20, 20, 20), font=font)
         if right:
-            draw.text((width - 12 - draw.textlength(right, font=font), y), right, fill=(20, 20, 20), font=font)
+            draw.text((base - 12 - draw.textlength(right, font=font), y), right, fill=(20, 20, 20), font=font)
+    if width != base:  # nearest neighbour: crisp text, and PNGs a tenth the size a smooth scaling gives
+        image = image.resize((width, round(image.height * width / base)), Image.NEAREST)
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
     return buffer.getvalue()
@@ -181,7 +186,8 @@ def clip_name(seed: int, index: int) -> str:
 def render(params: dict[str, Any]) -> bytes:
     """Bytes of one synthetic media item, as named by a ``MediaRef(how="synth")``'s params."""
     if params["what"] == "receipt":
-        return receipt_image(params["seed"], params["index"], params.get("format", "PNG"))
+        width = params.get("width", RECEIPT_WIDTH)
+        return receipt_image(params["seed"], params["index"], params.get("format", "PNG"), width)
     if params["what"] == "clip":
         return clip_video(params["seed"], params["index"])
     raise ValueError(f"unknown synthetic media {params['what']!r}")

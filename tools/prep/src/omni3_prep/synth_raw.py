@@ -24,9 +24,9 @@ HF_SPLIT_NAMES = {"train": "train", "val": "validation", "test": "test"}
 VALOR_TAR_PREFIX = "raid/datasets/audioset/valor_videos"
 
 
-def _receipt_files(args: tuple[int, int]) -> tuple[bytes, bytes]:
-    seed, index = args
-    return synth.receipt_image(seed, index, "JPEG"), synth.receipt_image(seed, index, "PNG")
+def _receipt_files(args: tuple[int, int, int]) -> tuple[bytes, bytes]:
+    seed, index, width = args
+    return synth.receipt_image(seed, index, "JPEG", width), synth.receipt_image(seed, index, "PNG", width)
 
 
 def _clip_files(args: tuple[int, int]) -> tuple[bytes, bytes]:
@@ -48,12 +48,20 @@ def _render_all(function: Any, jobs: list[tuple[int, int]], workers: int) -> lis
         return list(pool.map(function, jobs, chunksize=8))
 
 
-def write_receipts(root: Path, count: int, seed: int, val_fraction: float, test_fraction: float, workers: int) -> dict:
+def write_receipts(
+    root: Path,
+    count: int,
+    seed: int,
+    val_fraction: float,
+    test_fraction: float,
+    workers: int,
+    width: int = synth.RECEIPT_WIDTH,
+) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     placement = list(placements(count, val_fraction, test_fraction))
-    files = _render_all(_receipt_files, [(seed, index) for index, _ in placement], workers)
+    files = _render_all(_receipt_files, [(seed, index, width) for index, _ in placement], workers)
     rows: dict[str, dict[str, list[Any]]] = {}
     lines = []
     (root / "jsonl" / "images").mkdir(parents=True, exist_ok=True)

@@ -67,7 +67,7 @@ def build_tiny_omni(
         shutil.copyfile(Path(remote.__file__).parent / name, output_dir / name)
     (output_dir / "config.json").write_text(json.dumps(spec.config(CONFIG_CLASS), indent=2) + "\n")
     tokenizer = save_tokenizer(output_dir)
-    _save_processor(output_dir)
+    _save_processor(output_dir, spec.image_max_side)
 
     shards = _write_weights(output_dir, seed, vision, dtype, spec)
     record = {
@@ -88,14 +88,14 @@ def build_tiny_omni(
     return record
 
 
-def _save_processor(output_dir: Path) -> None:
+def _save_processor(output_dir: Path, image_max_side: int) -> None:
     """Save processor and image-processor configs with auto_map entries pointing at the copied .py files."""
     image_module = "image_processing_nemotron_omni_tiny"
     processor_module = "processing_nemotron_omni_tiny"
     preprocessor = {
         "image_processor_type": "NemotronOmniTinyImageProcessor",
         "processor_class": "NemotronH_Nano_Omni_Reasoning_V3Processor",
-        "max_side": 512,
+        "max_side": image_max_side,
         "image_mean": [0.48145466, 0.4578275, 0.40821073],
         "image_std": [0.26862954, 0.26130258, 0.27577711],
         "auto_map": {
