@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from omni3_prep.synth import CORD_PROMPT
+from omni3_prep.synth import CORD_PROMPT, RECEIPT_WIDTH
 from omni3_shared.settings import ToolSettings
 
 
@@ -56,7 +56,7 @@ class PrepSettings(ToolSettings):
     test_fraction: float = Field(default=0.1, ge=0, le=0.5)
     """Share of records drawn into test when the source has no splits."""
 
-    receipt_width: int = Field(default=256, ge=64, le=4096)
+    receipt_width: int = Field(default=RECEIPT_WIDTH, ge=64, le=4096)
     """synth receipts: image width in pixels, the receipt scaled in proportion (CORD's scans are about 1,000 wide)."""
 
     prompt: str = CORD_PROMPT
