@@ -48,6 +48,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
@@ -565,10 +566,7 @@ def peak_main(out: Path) -> None:
 
 def card_list(cards: Sequence[str]) -> str:
     """nvidia-smi's lines, one per GPU, as "4 x NVIDIA H200, ..." (a mixed machine lists each kind)."""
-    counts: dict[str, int] = {}
-    for card in cards:
-        counts[card] = counts.get(card, 0) + 1
-    return "; ".join(card if n == 1 else f"{n} x {card}" for card, n in counts.items())
+    return "; ".join(card if n == 1 else f"{n} x {card}" for card, n in Counter(cards).items())
 
 
 def machine() -> dict[str, Any]:
@@ -819,21 +817,29 @@ def omni3_run(
     return result
 
 
-def direct_run(ctx: Context, workload: Workload, hf: Path, megatron: Path, yaml_path: Path) -> Throughput | None:
-    run_dir = ctx.work / "runs" / "direct"
-    shutil.rmtree(run_dir, ignore_errors=True)  # no resume from an earlier bench: every step is measured fresh
-    metrics = ctx.out / "direct-metrics.jsonl"
-    metrics.unlink(missing_ok=True)
-    log_disk(ctx.work)
-    command = [
+def direct_command(
+    workload: Workload, hf: Path, megatron: Path, yaml_path: Path, run_dir: Path, metrics: Path, *extra: str
+) -> list[str]:
+    """torchrun of the direct driver on ``workload`` (its GPUs and overrides), ``extra`` arguments before those."""
+    return [
         *torchrun(workload.gpus, str(DIRECT_DRIVER)),
         "--config", str(yaml_path),
         "--hf-model", str(hf),
         "--megatron-checkpoint", str(megatron),
         "--run-dir", str(run_dir),
         "--metrics", str(metrics),
+        *extra,
         *overrides(workload),
     ]  # fmt: skip
+
+
+def direct_run(ctx: Context, workload: Workload, hf: Path, megatron: Path, yaml_path: Path) -> Throughput | None:
+    run_dir = ctx.work / "runs" / "direct"
+    shutil.rmtree(run_dir, ignore_errors=True)  # no resume from an earlier bench: every step is measured fresh
+    metrics = ctx.out / "direct-metrics.jsonl"
+    metrics.unlink(missing_ok=True)
+    log_disk(ctx.work)
+    command = direct_command(workload, hf, megatron, yaml_path, run_dir, metrics)
     phase = run_phase(ctx.phase("direct", command), ctx.env, REPO)
     if not ctx.args.keep_runs:
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -849,17 +855,10 @@ def profile_run(ctx: Context, workload: Workload, hf: Path, megatron: Path, yaml
     profiled = replace(workload.on(1), iters=workload.warmup + steps)
     run_dir, folder = ctx.work / "runs" / "profile", ctx.out / "profile"
     shutil.rmtree(run_dir, ignore_errors=True)
-    command = [
-        *torchrun(1, str(DIRECT_DRIVER)),
-        "--config", str(yaml_path),
-        "--hf-model", str(hf),
-        "--megatron-checkpoint", str(megatron),
-        "--run-dir", str(run_dir),
-        "--metrics", str(ctx.out / "profile-metrics.jsonl"),
-        "--profile-steps", str(steps),
-        "--profile-out", str(folder),
-        *overrides(profiled),
-    ]  # fmt: skip
+    metrics = ctx.out / "profile-metrics.jsonl"
+    command = direct_command(
+        profiled, hf, megatron, yaml_path, run_dir, metrics, "--profile-steps", str(steps), "--profile-out", str(folder)
+    )
     phase = run_phase(ctx.phase("profile", command), ctx.env, REPO)
     shutil.rmtree(run_dir, ignore_errors=True)
     summary_file = folder / "profile.json"

@@ -9,6 +9,7 @@ Python, synchronisation) from one whose kernels are slow; the kinds say which ke
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +48,8 @@ def summarize(kernels: Iterable[Kernel], wall_seconds: float, steps: int, top: i
     total = sum(kernel.seconds for kernel in ordered)
     kinds: dict[str, float] = {}
     for kernel in ordered:
-        kinds[kind_of(kernel.name)] = kinds.get(kind_of(kernel.name), 0.0) + kernel.seconds
+        kind = kind_of(kernel.name)
+        kinds[kind] = kinds.get(kind, 0.0) + kernel.seconds
     per_step = max(steps, 1)
     return {
         "steps": steps,
@@ -119,8 +121,6 @@ class StepProfiler:
     def step_start(self, iteration: int) -> None:
         if iteration != self.first or self._profile is not None:
             return
-        import time
-
         import torch
 
         activities = [torch.profiler.ProfilerActivity.CPU]
@@ -139,8 +139,6 @@ class StepProfiler:
         """Stop, write profile.json and profile.md into ``out``; None when no step was profiled."""
         if self._profile is None:
             return None
-        import time
-
         import torch
 
         if torch.cuda.is_available():

@@ -360,3 +360,16 @@ def test_markdown_shows_the_profile_and_the_direct_driver_takes_its_arguments(tm
     args = direct.parse_args([*flags, "--profile-steps", "3", "--profile-out", "p", "train.train_iters=8"])
     assert (args.profile_steps, args.profile_out, args.overrides) == (3, "p", ["train.train_iters=8"])
     assert bench.parse_args(["--dataset", "d", "--work", "w", "--profile", "3"]).profile == 3
+
+
+def test_the_direct_and_profile_commands_are_what_the_driver_parses(tmp_path: Path) -> None:
+    direct = load_script(BENCH_DIR / "sft_direct.py", "bench_sft_direct")
+    workload = bench.Workload("M*E", 4, 4096, 4, 8, 20, 5)
+    paths = (tmp_path / "hf", tmp_path / "m", tmp_path / "y.yaml", tmp_path / "run", tmp_path / "x.jsonl")
+    for gpus, extra in ((4, ()), (1, ("--profile-steps", "3", "--profile-out", str(tmp_path / "p")))):
+        command = bench.direct_command(workload.on(gpus), *paths, *extra)
+        script = command.index(str(bench.DIRECT_DRIVER))
+        assert command[command.index("--nproc-per-node") + 1] == str(gpus)
+        args = direct.parse_args(command[script + 1 :])
+        assert args.overrides == bench.overrides(workload.on(gpus)) and args.metrics == str(tmp_path / "x.jsonl")
+        assert args.profile_steps == (3 if extra else 0)
