@@ -120,6 +120,7 @@ def timing_callback(
                 record = {
                     "iteration": int(context.state.train_state.step) + 1,
                     "tokens": taken.tokens * dp,
+                    "positions": taken.positions * dp,
                     "sequences": len(taken.sequence_lengths) * dp,
                     "seconds": now - self.last,
                     "gpus": WORLD,
@@ -171,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     profiler = None
     if args.profile_steps > 0 and RANK == 0:
         first = resolved["train"]["train_iters"] - args.profile_steps + 1
-        profiler = StepProfiler(first, Path(args.profile_out or Path(args.metrics).parent))
+        profiler = StepProfiler(first, args.profile_steps, Path(args.profile_out or Path(args.metrics).parent))
     callback = timing_callback(stats, flops, data_parallel(resolved), metrics, profiler)
     log("finetune starts")
     finetune(config, counted(forward_step, stats), callbacks=[callback])

@@ -127,8 +127,23 @@ def test_throughput_skips_warmup_and_sums_the_rest() -> None:
     assert result.tokens == 8000 and result.seconds == pytest.approx(4.0)
     assert result.tokens_per_s_per_gpu == pytest.approx(2000.0)
     assert result.tflops_per_gpu == pytest.approx(400.0)
-    assert result.as_dict()["positions_per_sequence"] == 250.0
+    assert result.as_dict()["tokens_per_sequence"] == 250.0
     assert result.as_dict()["data_wait_share"] is None  # the records say nothing about the loader
+    assert result.as_dict()["padding_share"] is None  # nor about the padding
+
+
+def test_padding_share_and_scaling_count_the_samples_tokens_not_the_padding() -> None:
+    """As on 4 H100s (2026-11-27): at EP4 Megatron-Bridge padded each ~2,300-token receipt to 4,096 positions.
+    Counted in positions the EP4 run looked 157% efficient; in the samples' own tokens it is what it is."""
+    single = bench.throughput([{**r, "positions": 1100} for r in _records(6, tokens=1000)], warmup=1)
+    padded = [{**r, "positions": 4 * 1800} for r in _records(6, gpus=4, tokens=4 * 950)]
+    four = bench.throughput(padded, warmup=1)
+    assert single.as_dict()["padding_share"] == pytest.approx(1 - 1000 / 1100, abs=1e-4)
+    assert four.as_dict()["padding_share"] == pytest.approx(1 - 950 / 1800, abs=1e-4)
+    assert bench.scaling_efficiency(four.tokens_per_s_per_gpu, single.tokens_per_s_per_gpu) == pytest.approx(0.95)
+    missing = _records(6)  # one record without positions: the share is unknown, not a guess
+    missing[3]["positions"] = 5000
+    assert bench.throughput(missing, warmup=1).as_dict()["padding_share"] is None
 
 
 def test_median_step_overhead_leaves_out_a_slow_outlier() -> None:
@@ -351,15 +366,36 @@ def test_markdown_shows_the_profile_and_the_direct_driver_takes_its_arguments(tm
         "kernel_time_over_wall_time": 0.3586,
         "kinds": {"matrix multiply": {"seconds_per_step": 0.2, "share": 0.3846}},
         "top_kernels": [],
+        "sync_calls_per_step": 12.0,
+        "sync_sites": [
+            {
+                "op": "aten::_local_scalar_dense",
+                "where": "radio.py:383 forward",
+                "calls_per_step": 8.0,
+                "host_ms_per_step": 40.5,
+            },
+        ],
+        "kernel_time_over_unprofiled_step": 0.65,
     }
     text = bench.render_markdown(summary)
-    assert "0.52 s of GPU kernels per 1.45 s step (35.9%)" in text
+    assert "0.52 s of GPU kernels per 1.45 s step (35.9%; 65.0% of the unprofiled" in text
+    assert "waited for the GPU 12.0 times a step" in text
+    assert "| `radio.py:383 forward` | `aten::_local_scalar_dense` | 8.0 | 40.5 |" in text
     assert "| matrix multiply | 0.2 | 38.5% |" in text
     direct = load_script(BENCH_DIR / "sft_direct.py", "bench_sft_direct")
     flags = ["--config", "c", "--hf-model", "h", "--megatron-checkpoint", "m", "--run-dir", "r", "--metrics", "x"]
     args = direct.parse_args([*flags, "--profile-steps", "3", "--profile-out", "p", "train.train_iters=8"])
     assert (args.profile_steps, args.profile_out, args.overrides) == (3, "p", ["train.train_iters=8"])
     assert bench.parse_args(["--dataset", "d", "--work", "w", "--profile", "3"]).profile == 3
+
+
+def test_busy_share_compares_kernel_time_with_the_unprofiled_1gpu_median_step() -> None:
+    single = bench.throughput(_records(6, seconds=2.0), warmup=1)
+    profile = {"kernel_seconds_per_step": 1.5}
+    assert bench.busy_share(profile, {"omni3-1gpu": single}, gpus=4) == 0.75
+    assert bench.busy_share(profile, {"direct": single}, gpus=1) == 0.75
+    assert bench.busy_share(profile, {"direct": single}, gpus=4) is None  # the 4-GPU direct is another workload
+    assert bench.busy_share({}, {"direct": single}, gpus=1) is None
 
 
 def test_the_direct_and_profile_commands_are_what_the_driver_parses(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from omni3_shared.pytest_plugin import load_script
@@ -51,24 +52,65 @@ def test_summary_is_per_step_and_sorted() -> None:
     assert "| matrix multiply | 0.4 | 40.0% |" in text and "0.5 of the wall time" in text
 
 
-def test_the_profiler_runs_the_steps_it_is_given_and_writes_its_summary(tmp_path: Path) -> None:
-    profiler = profile.StepProfiler(first=3, out=tmp_path / "profile")
+def read_loss(weights: torch.Tensor) -> float:
+    return (weights @ weights).sum().item()  # the host waits for the value: a sync site
+
+
+def test_the_profiler_runs_the_steps_it_is_given_and_stops_after_them(tmp_path: Path) -> None:
+    profiler = profile.StepProfiler(first=3, wanted=2, out=tmp_path / "profile")
     weights = torch.randn(64, 64)
     for iteration in range(1, 6):
         profiler.step_start(iteration)
-        (weights @ weights).sum().item()
+        read_loss(weights)
+        torch.nonzero(weights > 0)
         profiler.step_end()
-    summary = profiler.finish()
-    assert summary is not None and summary["steps"] == 3  # iterations 3, 4 and 5
+    summary = profiler.summary
+    # Iterations 3 and 4; it stopped as 4 ended, so what came after (5, a checkpoint save) is not in it.
+    assert summary is not None and summary["steps"] == 2
     assert json.loads((tmp_path / "profile" / "profile.json").read_text()) == summary
-    assert "Profile of 3 training steps" in (tmp_path / "profile" / "profile.md").read_text()
+    text = (tmp_path / "profile" / "profile.md").read_text()
+    assert "Profile of 2 training steps" in text
     if not torch.cuda.is_available():
         assert summary["kernel_seconds_per_step"] == 0.0 and summary["top_kernels"] == []
-    assert profiler.finish() is None  # once
+    # Each step read one scalar in read_loss and ran one nonzero here: both found, with the line that asked.
+    sites = {site["op"]: site for site in summary["sync_sites"]}
+    assert summary["sync_calls_per_step"] == 2.0
+    assert sites["aten::_local_scalar_dense"]["calls_per_step"] == 1.0
+    innermost, caller = sites["aten::_local_scalar_dense"]["where"].split(" < ")
+    assert "test_step_profile.py:" in innermost and innermost.endswith(" read_loss")
+    assert caller.endswith(" test_the_profiler_runs_the_steps_it_is_given_and_stops_after_them")
+    assert "test_the_profiler_runs_the_steps_it_is_given_and_stops_after_them" in sites["aten::nonzero"]["where"]
+    assert "| `aten::nonzero` |" in text
+    assert profiler.finish() is summary  # finishing again changes nothing
+
+
+def test_sync_sites_sum_by_operation_and_frames_and_skip_plumbing() -> None:
+    class Event:
+        def __init__(self, name: str, parent: Event | None = None, micros: float = 0.0) -> None:
+            self.name, self.cpu_parent, self.cpu_time_total = name, parent, micros
+
+    caller = Event("/opt/venv/lib/python3.12/site-packages/megatron/core/models/radio.py(383): forward")
+    call = Event("torch/nn/modules/module.py(1775): _call_impl", caller)
+    item = Event("<built-in method tolist of Tensor object at 0x7f>", call)
+    events = [
+        Event("aten::_local_scalar_dense", item, 500.0),
+        Event("aten::_local_scalar_dense", item, 1500.0),
+        Event("cudaStreamSynchronize", None, 100.0),
+        Event("aten::mm", item, 9000.0),  # no wait
+    ]
+    sites = sorted(profile.sync_sites(events), key=lambda site: site.op)
+    assert [(site.op, site.where, site.calls) for site in sites] == [
+        ("aten::_local_scalar_dense", "megatron/core/models/radio.py:383 forward", 2),
+        ("cudaStreamSynchronize", "(no Python frame)", 1),
+    ]
+    assert sites[0].seconds == pytest.approx(0.002)
+    summary = profile.summarize([], wall_seconds=1.0, steps=2, syncs=sites)
+    assert summary["sync_calls_per_step"] == 1.5
+    assert summary["sync_sites"][0]["host_ms_per_step"] == 1.0
 
 
 def test_a_profiler_whose_first_step_never_comes_writes_nothing(tmp_path: Path) -> None:
-    profiler = profile.StepProfiler(first=10, out=tmp_path / "profile")
+    profiler = profile.StepProfiler(first=10, wanted=3, out=tmp_path / "profile")
     profiler.step_start(1)
     profiler.step_end()
     assert profiler.finish() is None and not (tmp_path / "profile").exists()

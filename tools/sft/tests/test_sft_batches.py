@@ -124,6 +124,33 @@ def test_batches_as_megatron_bridge_collates_them() -> None:
     assert stats.image_patches == [192, 192, 1024, 1024]
 
 
+def test_padding_counts_as_positions_never_as_tokens() -> None:
+    """A CORD-sized receipt as Megatron-Bridge collates it at EP4 (checked on its collate, 2026-11-27): the compact
+    row padded so that the model's row is model.seq_length (4096) long, 397 of its 2,273 tokens the sample's own,
+    and one 1216x1536 image whose placeholder becomes 1,824 embeddings."""
+    mask = torch.zeros(1, 2273, dtype=torch.long)
+    mask[0, :397] = 1
+    batch = {
+        "input_ids": torch.zeros(1, 2273, dtype=torch.long),
+        "attention_mask": mask,
+        "pixel_values": torch.zeros(1, 7296, 768),
+        "imgs_sizes": torch.tensor([[1216, 1536]]),
+        "num_frames": torch.tensor([1]),
+    }
+    stats = batches.BatchStats()
+    stats.add(batch)
+    assert (stats.tokens, stats.positions) == (397 + 1823, 4096)
+    assert stats.sequence_lengths == [397 + 1823]  # the FLOP count sees the sample, not the padding
+    taken = stats.take()
+    assert (taken.tokens, taken.positions, stats.positions) == (2220, 4096, 0)
+
+
+def test_rows_without_an_attention_mask_count_whole() -> None:
+    stats = batches.BatchStats()
+    stats.add({"input_ids": torch.zeros(2, 64), "attention_mask": torch.ones(3, 64)})  # a mask of another shape
+    assert (stats.tokens, stats.positions, stats.sequence_lengths) == (128, 128, [64, 64])
+
+
 def test_empty_media_tensors_are_not_a_modality() -> None:
     batch = {"input_ids": torch.zeros(1, 8), "pixel_values": torch.zeros(0), "sound_clips": None}
     assert batches.batch_modalities(batch) == set()
@@ -136,6 +163,7 @@ def test_recorder_writes_one_record_per_interval_with_data_parallel_totals(
     counter = model_shape.FlopCounter(shape, vision_backward=False, projection_backward=True)
     image = {
         "input_ids": torch.zeros(1, 96),
+        "attention_mask": (torch.arange(96) < 80).long().unsqueeze(0),  # 80 of the 96 compact tokens are the sample's
         "pixel_values": torch.zeros(1, 192, 768),
         "imgs_sizes": torch.tensor([[192, 256]]),
     }
@@ -149,9 +177,11 @@ def test_recorder_writes_one_record_per_interval_with_data_parallel_totals(
     records = run_outputs.read_metrics(tmp_path / "metrics.jsonl")
     assert [r["iteration"] for r in records] == [2, 4, 5]  # every 2 iterations and the last one
     assert [r["loss"] for r in records] == [8.5, 6.5, 5.0]  # the interval's mean
-    # Two steps of one image (48 embeddings for its placeholder: 96 + 47 positions), times two data-parallel ranks.
-    assert records[0]["tokens"] == 2 * 143 * 2
-    assert records[0]["flops"] == counter.step([143, 143], [192, 192]) * 2
+    # Two steps of one image (48 embeddings for its placeholder: 80 + 47 tokens in 96 + 47 positions), times two
+    # data-parallel ranks; the FLOPs are the tokens', not the padding's.
+    assert (records[0]["tokens"], records[0]["positions"], records[0]["sequences"]) == (2 * 127 * 2, 2 * 143 * 2, 4)
+    assert records[0]["padding_share"] == round(1 - 127 / 143, 4)
+    assert records[0]["flops"] == counter.step([127, 127], [192, 192]) * 2
     assert records[0]["gpus"] == 4 and records[0]["grad_norm"] == 1.0
     assert all(0.04 <= r["data_wait_seconds"] <= r["seconds"] for r in records[:2])  # two waits of 20 ms each
     assert recorder.last_iteration == 5

@@ -213,6 +213,21 @@ def test_memory_warning_lands_in_the_report() -> None:
     assert report.problems == []  # a warning, never a refusal: the estimate is rough
 
 
+def test_expert_or_pipeline_parallelism_warns_that_every_sequence_is_padded_to_seq_length() -> None:
+    assert preflight.padding_warning(Layout(tp=2), 4096) is None
+    assert "EP above 1" in preflight.padding_warning(Layout(ep=4), 4096)
+    warning = preflight.padding_warning(Layout(ep=8, pp=2), 8192)
+    assert warning.startswith("with EP and PP above 1") and "model.seq_length (8192)" in warning
+    report = preflight.check(
+        resolved("tiny", "model.expert_model_parallel_size=2", "train.global_batch_size=2"),
+        NANO,
+        WorldSize(2, "x"),
+        500.0,
+    )
+    assert any("pads every sequence to model.seq_length" in warning for warning in report.warnings)
+    assert report.problems == []
+
+
 def test_check_does_not_modify_its_input() -> None:
     config = resolved("default")
     before = copy.deepcopy(config)

@@ -150,3 +150,15 @@ def test_report(tmp_path: Path) -> None:
     waited = [replace(metrics(10 * i), data_wait_seconds=0.5).record() for i in (1, 2, 3)]
     assert run_outputs.summarize_metrics(waited)["data_wait_share"] == 0.25  # 0.5 s of every 2 s after warm-up
     assert "Waiting for the data loader: 25.0% of the time" in run_outputs.render_report(summary, waited)
+    assert "Padding" not in text  # records without positions say nothing about it
+
+
+def test_padding_is_the_share_of_positions_that_are_no_sample_tokens(tmp_path: Path) -> None:
+    padded = [replace(metrics(10 * i), positions=4 * 8192).record() for i in (1, 2, 3)]
+    assert padded[0]["padding_share"] == 0.75 and padded[0]["positions"] == 4 * 8192
+    assert run_outputs.summarize_metrics(padded)["padding_share"] == 0.75
+    assert "padding_share" not in metrics(1).record()  # unknown, not zero
+    # One record without positions (an older run resumed) leaves the share unknown rather than wrong.
+    assert "padding_share" not in run_outputs.summarize_metrics([*padded, metrics(40).record()])
+    summary = RunSummary("tiny", "r", "EP 4", 4, 30, 4096, 8, 60.0, {"path": "checkpoints/iter_0000030"})
+    assert "Padding: 75.0% of the positions the model ran" in run_outputs.render_report(summary, padded)

@@ -3,8 +3,9 @@
 - ``keep_only``: the stage config's ``dataset.modality_filter``. A sample without the wanted modality is
   skipped; from the others every other medium is removed, with its placeholder in the conversation, so the
   model trains on that modality and text alone (``audio_text``: the sound of a clip, never its frames).
-- ``BatchStats``: tokens, image patches and modalities of the batches the forward step draws, and the time it
-  waited for them, for the metrics (tokens/s, FLOPs, data wait) and for the proof that a filter really filtered.
+- ``BatchStats``: tokens (padding left out), positions (padding in), image patches and modalities of the batches
+  the forward step draws, and the time it waited for them, for the metrics (tokens/s, FLOPs, padding, data wait)
+  and for the proof that a filter really filtered.
 
 Pure Python and torch: the CPU tests exercise it without Megatron.
 """
@@ -89,11 +90,13 @@ def keep_only(sample: Any, modality: str) -> Any:
 
 @dataclass
 class BatchStats:
-    """Totals since the last ``take()``: micro-batches, token positions, their sequence lengths, the patches of
-    each vision tower input, modalities, and the seconds the forward step waited for the data loader."""
+    """Totals since the last ``take()``: micro-batches, tokens (the sequences' own, padding left out), positions
+    (padding in: what the model ran), each sequence's length in tokens, the patches of each vision tower input,
+    modalities, and the seconds the forward step waited for the data loader."""
 
     micro_batches: int = 0
     tokens: int = 0
+    positions: int = 0
     sequence_lengths: list[int] = field(default_factory=list)
     with_modality: dict[str, int] = field(default_factory=lambda: dict.fromkeys(MODALITIES, 0))
     image_patches: list[int] = field(default_factory=list)
@@ -104,11 +107,13 @@ class BatchStats:
         if ids is None:
             return
         rows, width = (1, int(ids.shape[-1])) if ids.dim() == 1 else (int(ids.shape[0]), int(ids.shape[1]))
-        # The model's sequence: each row's compact width plus its share of the image-placeholder expansion.
+        # The model's sequence: each row's compact tokens plus its share of the image-placeholder expansion.
         extra, remainder = divmod(visual_expansion(batch), rows)
-        lengths = [width + extra + (1 if row < remainder else 0) for row in range(rows)]
+        expansion = [extra + (1 if row < remainder else 0) for row in range(rows)]
+        lengths = [active + grown for active, grown in zip(active_widths(batch, rows, width), expansion, strict=True)]
         self.micro_batches += 1
         self.tokens += sum(lengths)
+        self.positions += rows * width + sum(expansion)
         self.sequence_lengths.extend(lengths)
         self.image_patches.extend(tower_inputs(batch))
         for modality in batch_modalities(batch):
@@ -119,12 +124,13 @@ class BatchStats:
         taken = BatchStats(
             self.micro_batches,
             self.tokens,
+            self.positions,
             self.sequence_lengths,
             self.with_modality,
             self.image_patches,
             self.data_wait_seconds,
         )
-        self.micro_batches, self.tokens, self.sequence_lengths, self.image_patches = 0, 0, [], []
+        self.micro_batches, self.tokens, self.positions, self.sequence_lengths, self.image_patches = 0, 0, 0, [], []
         self.with_modality = dict.fromkeys(MODALITIES, 0)
         self.data_wait_seconds = 0.0
         return taken
@@ -146,6 +152,20 @@ def batch_modalities(batch: Mapping[str, Any]) -> set[str]:
     if _present(batch.get("sound_clips")):
         found.add("audio")
     return found
+
+
+def active_widths(batch: Mapping[str, Any], rows: int, width: int) -> list[int]:
+    """Each row's compact tokens without the padding, from the collate's ``attention_mask`` (1 on a sample's own
+    tokens); every row counts whole (``width``) when the batch has no such mask (a packed batch).
+
+    Megatron-Bridge pads rows to the micro batch's longest, and to ``model.seq_length`` whenever expert or pipeline
+    parallelism is on (``ConfigContainer.validate`` sets ``dataset.pad_to_max_length``), so at EP4 most positions
+    of a short sample can be padding.
+    """
+    mask = batch.get("attention_mask")
+    if mask is None or getattr(mask, "dim", lambda: 0)() != 2 or tuple(mask.shape) != (rows, width):
+        return [width] * rows
+    return [int(active) for active in (mask != 0).sum(dim=1).tolist()]
 
 
 def visual_expansion(batch: Mapping[str, Any]) -> int:

@@ -425,4 +425,19 @@ def check(resolved: Mapping[str, Any], shape: OmniShape, world: WorldSize, card_
         report.section["memory"] = memory.as_dict()
         if memory.warning:
             report.warnings.append(memory.warning)
+        if padding := padding_warning(layout, resolved["model"]["seq_length"]):
+            report.warnings.append(padding)
     return report
+
+
+def padding_warning(layout: Layout, seq_length: int) -> str | None:
+    """Expert or pipeline parallelism makes Megatron-Bridge pad every sequence to ``model.seq_length``
+    (``ConfigContainer.validate`` turns ``dataset.pad_to_max_length`` on), so a generous sequence length costs
+    compute on every sample there, not only on the longest."""
+    if layout.ep == 1 and layout.pp == 1:
+        return None
+    reason = " and ".join(name for name, size in (("EP", layout.ep), ("PP", layout.pp)) if size > 1)
+    return (
+        f"with {reason} above 1, Megatron-Bridge pads every sequence to model.seq_length ({seq_length}): set it "
+        "near your longest sample (metrics.jsonl's padding_share shows the positions spent on padding)"
+    )

@@ -42,12 +42,18 @@ class StepMetrics:
     iteration: int  # the last iteration of the interval
     loss: float
     lr: float
-    tokens: int  # tokens the whole job processed in the interval (all data-parallel ranks)
+    tokens: int  # the samples' tokens the whole job trained on in the interval (all data-parallel ranks), no padding
     seconds: float  # wall time of the interval
     gpus: int
-    flops: float  # model FLOPs of the interval (model_shape.FlopCounter), whole job
+    flops: float  # model FLOPs of those tokens (model_shape.FlopCounter), whole job
     grad_norm: float | None = None
     data_wait_seconds: float | None = None  # of ``seconds``, rank 0's forward step waiting for the data loader
+    positions: int | None = None  # the sequence positions the model ran: ``tokens`` and the padding around them
+    sequences: int | None = None  # the samples (rows) of the interval, whole job
+
+    @property
+    def padding_share(self) -> float | None:
+        return 1 - self.tokens / self.positions if self.positions else None
 
     @property
     def tokens_per_s_per_gpu(self) -> float:
@@ -61,6 +67,8 @@ class StepMetrics:
         document = asdict(self)
         document["tokens_per_s_per_gpu"] = _finite(self.tokens_per_s_per_gpu)
         document["tflops_per_gpu"] = _finite(self.tflops_per_gpu)
+        if self.padding_share is not None:
+            document["padding_share"] = round(self.padding_share, 4)
         return {key: value for key, value in document.items() if value is not None}
 
 
@@ -235,6 +243,9 @@ def summarize_metrics(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         waits = [r["data_wait_seconds"] for r in steady if r.get("data_wait_seconds") is not None]
         if len(waits) == len(steady):
             summary["data_wait_share"] = round(sum(waits) / seconds, 4)
+    positions = [r["positions"] for r in steady if r.get("positions")]
+    if positions and len(positions) == len(steady):
+        summary["padding_share"] = round(1 - tokens / sum(positions), 4)
     return summary
 
 
@@ -259,6 +270,11 @@ def render_report(run: RunSummary, records: Sequence[Mapping[str, Any]]) -> str:
             lines.append(
                 f"- Throughput after warm-up: {stats['tokens_per_s_per_gpu']:,.1f} tokens/s/GPU, "
                 f"{stats['tflops_per_gpu']:.2f} TFLOP/s/GPU (model FLOPs, see model_shape)"
+            )
+        if "padding_share" in stats:
+            lines.append(
+                f"- Padding: {stats['padding_share']:.1%} of the positions the model ran (not counted as tokens or"
+                " FLOPs; Megatron-Bridge pads every sequence to model.seq_length when EP or PP is above 1)"
             )
         if "data_wait_share" in stats:
             lines.append(

@@ -114,6 +114,8 @@ class Recorder:
             flops=float(flops),
             grad_norm=sum(self._grad_norms) / len(self._grad_norms) if self._grad_norms else None,
             data_wait_seconds=round(taken.data_wait_seconds, 4),
+            positions=taken.positions * self.data_parallel,
+            sequences=len(taken.sequence_lengths) * self.data_parallel,
         )
         seconds_per_iteration = self.eta.add(iterations, seconds)
         if self.writer is not None:
