@@ -51,7 +51,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -93,6 +93,9 @@ MATMUL_N = 8192
 MATMUL_WARMUP = 20
 MATMUL_ITERS = 100
 MATMUL_REPEATS = 5
+
+GOOD_STATUSES = ("ok", "stopped", "reused")  # a phase that did its work ("stopped": once it had, see run_phase)
+PHASE_POLL_SECONDS = 2.0  # how often a running phase is checked for its end, its budget and its last record
 
 # Wall-clock budget of each phase in seconds (a phase over budget is killed and reported as failed). On 4 H100s
 # (2026-11-27) a cold Triton cache made omni3's first EP4 iteration take 235 s and the phase ran past 480 s.
@@ -470,14 +473,14 @@ class Phase:
     command: list[str]
     log: str
     budget_s: int
-    status: str = "not run"  # ok, failed, timeout, skipped, reused
+    status: str = "not run"  # ok, stopped, failed, timeout, skipped, reused
     returncode: int | None = None
     seconds: float | None = None
     detail: str = ""
 
     @property
     def ok(self) -> bool:
-        return self.status in ("ok", "reused")
+        return self.status in GOOD_STATUSES
 
 
 def tail(path: Path, lines: int = 15) -> str:
@@ -487,8 +490,13 @@ def tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
-def run_phase(phase: Phase, env: Mapping[str, str], cwd: Path) -> Phase:
-    """Run ``phase.command`` with its output in ``phase.log``; past its budget the whole process group dies."""
+def run_phase(phase: Phase, env: Mapping[str, str], cwd: Path, finished: Callable[[], bool] | None = None) -> Phase:
+    """Run ``phase.command`` with its output in ``phase.log``; past its budget the whole process group dies.
+
+    ``finished``: polled while it runs; once true the work that is measured is done, and the process group is
+    killed at once (status "stopped") rather than left to save its final checkpoint (two minutes of a 2.88B-parameter
+    full-SFT proxy with its Adam states, on 4 H100s, 2026-11-27).
+    """
     log_path = Path(phase.log)
     log(f"phase {phase.name}: start (budget {phase.budget_s} s, log {log_path})")
     started = time.monotonic()
@@ -499,16 +507,29 @@ def run_phase(phase: Phase, env: Mapping[str, str], cwd: Path) -> Phase:
         process = subprocess.Popen(
             phase.command, stdout=out, stderr=subprocess.STDOUT, env=dict(env), cwd=cwd, start_new_session=True
         )
-        try:
-            phase.returncode = process.wait(timeout=phase.budget_s)
-            phase.status = "ok" if phase.returncode == 0 else "failed"
-        except subprocess.TimeoutExpired:
-            phase.status = "timeout"
-            _kill_group(process)
-            phase.returncode = process.returncode
+        while True:
+            try:
+                phase.returncode = process.wait(timeout=PHASE_POLL_SECONDS)
+                phase.status = "ok" if phase.returncode == 0 else "failed"
+                break
+            except subprocess.TimeoutExpired:
+                if finished is not None and finished():
+                    phase.status = "stopped"
+                    _kill_group(process, (signal.SIGKILL,))  # SIGTERM would make omni3-sft save first
+                elif time.monotonic() - started >= phase.budget_s:
+                    phase.status = "timeout"
+                    _kill_group(process)
+                else:
+                    continue
+                phase.returncode = process.returncode
+                break
         out.write(f"\n# {datetime.now(timezone.utc).isoformat()} exit {phase.returncode} ({phase.status})\n")
     phase.seconds = round(time.monotonic() - started, 1)
-    if not phase.ok:
+    if phase.status == "stopped":
+        phase.detail = (
+            "stopped once its last measured iteration was recorded (its final checkpoint save is not measured)"
+        )
+    elif not phase.ok:
         phase.detail = f"exit {phase.returncode}; last lines:\n{tail(log_path)}"
     log(f"phase {phase.name}: {phase.status} in {phase.seconds} s (exit {phase.returncode})")
     if not phase.ok:
@@ -516,8 +537,13 @@ def run_phase(phase: Phase, env: Mapping[str, str], cwd: Path) -> Phase:
     return phase
 
 
-def _kill_group(process: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+def recorded_through(metrics: Path, iteration: int) -> Callable[[], bool]:
+    """True once ``metrics`` holds a record of ``iteration`` or later."""
+    return lambda: any(record["iteration"] >= iteration for record in read_records(metrics))
+
+
+def _kill_group(process: subprocess.Popen, signals: Sequence[int] = (signal.SIGTERM, signal.SIGKILL)) -> None:
+    for sig, wait in zip(signals, (20, 10)[-len(signals) :], strict=True):
         try:
             os.killpg(process.pid, sig)
         except ProcessLookupError:
@@ -626,6 +652,8 @@ def notes(workload: Workload) -> list[str]:
         "(the bridge's random RADIO ViT-H init); vision frozen, language model and projectors trained with Adam",
         "omni3 and direct run the same stage YAML and overrides, so the same ConfigContainer fields, data and "
         "iterations; the direct driver adds one token counter per micro batch and a per-step timer",
+        "a training phase is stopped (SIGKILL) once its last iteration is recorded: its final checkpoint save "
+        "(about 2 minutes for this proxy with its Adam states) is not measured; --keep-runs lets it finish",
     ]
     if workload.gpus > 1:
         notes.append(
@@ -750,7 +778,7 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
     lines += ["", "| phase | status | seconds | log |", "|---|---|---|---|"]
     for phase in summary["phases"]:
         lines.append(f"| {phase['name']} | {phase['status']} | {_fmt(phase['seconds'])} | {_log_name(phase['log'])} |")
-    failed = [phase for phase in summary["phases"] if phase["status"] not in ("ok", "reused")]
+    failed = [phase for phase in summary["phases"] if phase["status"] not in GOOD_STATUSES]
     for phase in failed:
         lines += ["", f"**{phase['name']}: {phase['status']}**", "", "```", phase["detail"] or "(no detail)", "```"]
     lines += ["", "Notes:", *[f"- {note}" for note in summary["notes"]], ""]
@@ -775,6 +803,13 @@ class Context:
         phase = Phase(name, command, str(self.out / f"{name}.log"), budget)
         self.phases.append(phase)
         return phase
+
+    def stop_after_last_step(self, metrics: Path, iterations: int | None = None) -> Callable[[], bool] | None:
+        """The stop condition of a training phase: its last iteration recorded in ``metrics`` (default: the
+        workload's); none with --keep-runs, whose checkpoints are wanted."""
+        if self.args.keep_runs:
+            return None
+        return recorded_through(metrics, iterations or self.workload.iters)
 
 
 def bench_env(args: argparse.Namespace) -> dict[str, str]:
@@ -833,8 +868,10 @@ def omni3_run(
         "--force",
         *overrides(workload),
     ]  # fmt: skip
-    phase = run_phase(ctx.phase(name, command), ctx.env, REPO)
-    # The metrics are read from the published run, or from its staging folder when the run failed late.
+    # omni3-sft writes its metrics into the run's staging folder until it publishes the run.
+    staged_metrics = run_dir.parent / f".{run_dir.name}.partial" / run_outputs.METRICS_FILE
+    phase = run_phase(ctx.phase(name, command), ctx.env, REPO, ctx.stop_after_last_step(staged_metrics))
+    # The metrics are read from the published run, or from its staging folder when it was stopped or failed late.
     for folder in (run_dir, run_dir.parent / f".{run_dir.name}.partial"):
         if (folder / run_outputs.METRICS_FILE).is_file():
             shutil.copyfile(folder / run_outputs.METRICS_FILE, ctx.out / f"{name}-metrics.jsonl")
@@ -874,7 +911,7 @@ def direct_run(ctx: Context, workload: Workload, hf: Path, megatron: Path, yaml_
     metrics.unlink(missing_ok=True)
     log_disk(ctx.work)
     command = direct_command(workload, hf, megatron, yaml_path, run_dir, metrics)
-    phase = run_phase(ctx.phase("direct", command), ctx.env, REPO)
+    phase = run_phase(ctx.phase("direct", command), ctx.env, REPO, ctx.stop_after_last_step(metrics))
     if not ctx.args.keep_runs:
         shutil.rmtree(run_dir, ignore_errors=True)
     result = measure("direct", metrics, workload.warmup)
@@ -893,7 +930,8 @@ def profile_run(ctx: Context, workload: Workload, hf: Path, megatron: Path, yaml
     command = direct_command(
         profiled, hf, megatron, yaml_path, run_dir, metrics, "--profile-steps", str(steps), "--profile-out", str(folder)
     )
-    phase = run_phase(ctx.phase("profile", command), ctx.env, REPO)
+    # The driver writes the profile as its last profiled step ends, before that step's metrics record.
+    phase = run_phase(ctx.phase("profile", command), ctx.env, REPO, ctx.stop_after_last_step(metrics, profiled.iters))
     shutil.rmtree(run_dir, ignore_errors=True)
     summary_file = folder / "profile.json"
     if not summary_file.is_file():
@@ -1063,7 +1101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sft.py: {exc}", file=sys.stderr)
         return 2
     summary = run_bench(args, argv)
-    failed = [p["name"] for p in summary["phases"] if p["status"] not in ("ok", "reused")]
+    failed = [p["name"] for p in summary["phases"] if p["status"] not in GOOD_STATUSES]
     if failed:
         log(f"bench finished with failed phases: {', '.join(failed)}")
         return 1
