@@ -61,6 +61,7 @@ import yaml
 
 from omni3_sft import model_shape, preflight, run_outputs, stage_config
 from omni3_sft.settings import SftSettings
+from omni3_shared.publish import staging_path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -515,7 +516,7 @@ def run_phase(phase: Phase, env: Mapping[str, str], cwd: Path, finished: Callabl
             except subprocess.TimeoutExpired:
                 if finished is not None and finished():
                     phase.status = "stopped"
-                    _kill_group(process, (signal.SIGKILL,))  # SIGTERM would make omni3-sft save first
+                    _kill_group(process, ((signal.SIGKILL, 10),))  # SIGTERM would make omni3-sft save first
                 elif time.monotonic() - started >= phase.budget_s:
                     phase.status = "timeout"
                     _kill_group(process)
@@ -542,8 +543,11 @@ def recorded_through(metrics: Path, iteration: int) -> Callable[[], bool]:
     return lambda: any(record["iteration"] >= iteration for record in read_records(metrics))
 
 
-def _kill_group(process: subprocess.Popen, signals: Sequence[int] = (signal.SIGTERM, signal.SIGKILL)) -> None:
-    for sig, wait in zip(signals, (20, 10)[-len(signals) :], strict=True):
+GENTLE_KILL = ((signal.SIGTERM, 20), (signal.SIGKILL, 10))  # (signal, seconds to wait for the exit)
+
+
+def _kill_group(process: subprocess.Popen, steps: Sequence[tuple[int, int]] = GENTLE_KILL) -> None:
+    for sig, wait in steps:
         try:
             os.killpg(process.pid, sig)
         except ProcessLookupError:
@@ -869,10 +873,12 @@ def omni3_run(
         *overrides(workload),
     ]  # fmt: skip
     # omni3-sft writes its metrics into the run's staging folder until it publishes the run.
-    staged_metrics = run_dir.parent / f".{run_dir.name}.partial" / run_outputs.METRICS_FILE
-    phase = run_phase(ctx.phase(name, command), ctx.env, REPO, ctx.stop_after_last_step(staged_metrics))
+    staging = staging_path(run_dir)
+    phase = run_phase(
+        ctx.phase(name, command), ctx.env, REPO, ctx.stop_after_last_step(staging / run_outputs.METRICS_FILE)
+    )
     # The metrics are read from the published run, or from its staging folder when it was stopped or failed late.
-    for folder in (run_dir, run_dir.parent / f".{run_dir.name}.partial"):
+    for folder in (run_dir, staging):
         if (folder / run_outputs.METRICS_FILE).is_file():
             shutil.copyfile(folder / run_outputs.METRICS_FILE, ctx.out / f"{name}-metrics.jsonl")
             for extra in (run_outputs.RUN_CONFIG_FILE, run_outputs.REPORT_FILE):
@@ -881,7 +887,7 @@ def omni3_run(
             break
     if not ctx.args.keep_runs:  # a full-SFT checkpoint with Adam states is tens of GB
         shutil.rmtree(run_dir, ignore_errors=True)
-        shutil.rmtree(run_dir.parent / f".{run_dir.name}.partial", ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
     result = measure(name, ctx.out / f"{name}-metrics.jsonl", workload.warmup)
     if phase.ok and result is None:
         phase.status, phase.detail = "failed", "the run ended without measurable iterations (see its log)"

@@ -11,8 +11,8 @@ itself, without omni3's run directory, progress lines, metrics files or publishi
 a token counter on the batches the forward step draws (``BatchStats``, the shapes omni3 counts) and a callback
 timing each step (CUDA synchronised at step end); with ``--profile-steps N``, torch.profiler over the last N
 iterations (``step_profile``). Rank 0 writes one JSON line per iteration to --metrics with
-the keys omni3's metrics records have (iteration, tokens, seconds, gpus, flops, data_wait_seconds) plus
-``sequences``.
+the keys omni3's metrics records have (iteration, tokens, positions, seconds, gpus, flops, data_wait_seconds,
+sequences).
 
 GPU machine only (imports megatron.bridge).
 """

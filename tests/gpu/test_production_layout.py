@@ -31,7 +31,9 @@ from typing import Any
 
 import pytest
 
+from omni3_sft import run_outputs
 from omni3_shared.manifest import ArtifactKind, read_manifest
+from omni3_shared.publish import staging_path
 from omni3_shared.pytest_plugin import load_script
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
@@ -152,13 +154,13 @@ def runs(root: Path, layouts: tuple[Layout, Layout], imported: dict[str, Any], r
     for config in STAGE_CONFIGS:
         for layout in layouts:
             name = f"{config}-{layout.name}"
-            for folder in (root / "runs" / name, root / "runs" / f".{name}.partial"):
+            for folder in (root / "runs" / name, staging_path(root / "runs" / name)):
                 shutil.rmtree(folder, ignore_errors=True)  # every run starts from the proxy, not from an old run
             completed = run_tool(root, f"sft-{name}", "omni3_sft", "--config", config, *layout.overrides(),
                                  f"train.train_iters={ITERATIONS}", "train.log_interval=1",
                                  nproc=layout.gpus, env=settings_env(name))  # fmt: skip
             assert completed.returncode == 0, f"omni3-sft {config} at {layout.name} failed:\n{completed.tail()}"
-            records = [json.loads(line) for line in (root / "runs" / name / "metrics.jsonl").read_text().splitlines()]
+            records = run_outputs.read_metrics(root / "runs" / name / run_outputs.METRICS_FILE)
             done[name] = {
                 "extra": read_manifest(root / "runs" / name, ArtifactKind.TRAINING_RUN).extra,
                 "losses": {record["iteration"]: record["loss"] for record in records},

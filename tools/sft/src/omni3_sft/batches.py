@@ -163,7 +163,7 @@ def active_widths(batch: Mapping[str, Any], rows: int, width: int) -> list[int]:
     of a short sample can be padding.
     """
     mask = batch.get("attention_mask")
-    if mask is None or getattr(mask, "dim", lambda: 0)() != 2 or tuple(mask.shape) != (rows, width):
+    if mask is None or tuple(mask.shape) != (rows, width):
         return [width] * rows
     return [int(active) for active in (mask != 0).sum(dim=1).tolist()]
 
