@@ -1080,10 +1080,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--record", default=None, help="folder for the Markdown + JSON record (ci/records)")
     parser.add_argument("--out", default=None, help="logs and summary (default WORK/out)")
     parser.add_argument("--no-scaling", action="store_true", help="--gpus 4: skip the 1-GPU baseline run")
-    parser.add_argument("--keep-runs", action="store_true", help="keep the runs' checkpoints (tens of GB)")
+    parser.add_argument(
+        "--keep-runs", action="store_true",
+        help="let each run save its final checkpoint and keep it (tens of GB); else a run stops at its last step",
+    )  # fmt: skip
     parser.add_argument(
         "--profile", type=int, default=0, metavar="N",
-        help="afterwards, profile N steps of the direct driver on 1 GPU (profile/profile.md: kernel time by kind)",
+        help="afterwards, profile N steps of the direct driver on 1 GPU (profile/profile.md: kernel time by kind, "
+        "where the host waits for the GPU)",
     )  # fmt: skip
     parser.add_argument("--budget-scale", type=float, default=1.0, help="multiply every phase's time budget")
     args = parser.parse_args(argv)
