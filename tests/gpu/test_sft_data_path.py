@@ -87,11 +87,10 @@ def test_receipts_reach_the_omni_step_as_images(store: Path, resolved_config: An
         assert len(patches) == len(batch["imgs_sizes"]) and sum(patches) == pixels(batch).shape[-2]
 
 
-def test_cord_sized_receipts_reach_the_step_with_cord_like_image_tokens(
-    tmp_path_factory: pytest.TempPathFactory, resolve_variant: Any
-) -> None:
-    """The benchmark's data (``omni3-prep synth --receipt-width 1536``) through a processor that keeps images up to
-    1536 pixels whole, as the benchmark's proxy has it: about 1,500 image tokens a receipt, as CORD's scans give."""
+@pytest.fixture(scope="module")
+def cord_sized(tmp_path_factory: pytest.TempPathFactory, resolve_variant: Any) -> tuple[dict[str, Any], Any]:
+    """The benchmark's data (``omni3-prep synth --receipt-width 1536``) as the ``tiny`` variant at the benchmark's
+    sequence length, through a processor that keeps images up to 1536 pixels whole, as the benchmark's proxy does."""
     from omni3_import.tiny_model import build_tiny_omni
     from omni3_import.tiny_model.spec import TinyOmniSpec
 
@@ -104,15 +103,59 @@ def test_cord_sized_receipts_reach_the_step_with_cord_like_image_tokens(
     (root / "datasets").symlink_to(data / "datasets")
     resolved, settings = resolve_variant(root, "tiny", "datasets/bench_receipts", "datasets/synth_avqa")
     resolved["model"]["seq_length"] = 4096  # the benchmark's (tiny's 1024 cannot hold a CORD-sized receipt)
-    iterator = train_iterator(recipe.build_config_container(resolved, settings))
+    return resolved, settings
+
+
+def counted(resolved: dict[str, Any], settings: Any, samples: int, pad_to_max_length: bool = False) -> Any:
+    """``BatchStats`` over the first ``samples`` micro batches (of one sample) of the cord-sized data."""
+    config = recipe.build_config_container(resolved, settings)
+    config.dataset.pad_to_max_length = pad_to_max_length  # what ConfigContainer.validate sets at EP or PP > 1
+    iterator = train_iterator(config)
     stats = batches.BatchStats()
-    for _ in range(BATCHES):
+    for _ in range(samples):
         stats.add(next(iterator))
+    return stats
+
+
+def test_cord_sized_receipts_reach_the_step_with_cord_like_image_tokens(cord_sized: Any) -> None:
+    """About 1,500 image tokens a receipt, as CORD's scans give."""
+    resolved, settings = cord_sized
+    stats = counted(resolved, settings, BATCHES)
     image_tokens = [patches // 4 for patches in stats.image_patches]  # 2x2 pixel shuffle
     assert len(image_tokens) == BATCHES and all(1000 <= tokens <= 2500 for tokens in image_tokens), image_tokens
     per_sequence = stats.tokens / len(stats.sequence_lengths)
-    print(f"image tokens per receipt {image_tokens}, positions per sequence {per_sequence:.0f}")
+    print(f"image tokens per receipt {image_tokens}, tokens per sequence {per_sequence:.0f}")
     assert min(image_tokens) < per_sequence <= resolved["model"]["seq_length"]
+
+
+def test_padding_to_seq_length_adds_positions_never_tokens(cord_sized: Any) -> None:
+    """At EP or PP above 1 Megatron-Bridge pads every sequence to model.seq_length: the same samples then fill
+    4,096 positions each, and omni3 still counts only their tokens. Prints the per-sample means the 4-GPU benchmark
+    record of 2026-11-27 corrects its numbers with (tokens and the bench proxy's model FLOPs a sample)."""
+    from omni3_sft import preflight
+    from omni3_shared.pytest_plugin import load_script
+
+    resolved, settings = cord_sized
+    samples, seq_length = 128, resolved["model"]["seq_length"]
+    unpadded = counted(resolved, settings, samples)
+    padded = counted(resolved, settings, samples, pad_to_max_length=True)
+    assert padded.sequence_lengths == unpadded.sequence_lengths  # the same samples, the same tokens
+    assert padded.positions == samples * seq_length > unpadded.positions >= unpadded.tokens
+    bench = load_script(Path(__file__).resolve().parents[1] / "bench" / "sft.py", "omni3_bench_sft_means")
+    workload = bench.Workload(bench.DEFAULT_LAYERS, 1, seq_length, 4, 8, 20, 5)
+    proxy = bench.resolve(bench.stage_document(Path("/d"), Path("/m")), bench.overrides(workload), settings)
+    flops = preflight.flop_counter(bench.proxy_shape(workload.layers, seq_length), proxy)
+    per_sample = [
+        flops.step([length], [patches])
+        for length, patches in zip(unpadded.sequence_lengths, unpadded.image_patches, strict=True)
+    ]
+    mean_tokens = unpadded.tokens / samples
+    print(
+        f"{samples} samples: {mean_tokens:.1f} tokens a sample, {sum(per_sample) / samples / 1e12:.2f} TFLOP of the "
+        f"bench proxy {workload.layers} a sample; positions {unpadded.positions / samples:.0f} a sample unpadded, "
+        f"{padded.positions / samples:.0f} padded to model.seq_length"
+    )
+    assert 1500 <= mean_tokens <= 2600
 
 
 def test_clips_reach_the_omni_step_as_video_and_audio(store: Path, resolved_config: Any) -> None:
