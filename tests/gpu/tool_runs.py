@@ -51,19 +51,23 @@ def run_tool(
     """Run ``python -m module args`` (torchrun with ``nproc`` > 1) with ``OMNI3_STORAGE_ROOT=root`` plus ``env``.
 
     The command, exit code and whole output go to ``$OMNI3_GPU_LOG_DIR/<label>.log`` (else ``root/logs``); one
-    line with the exit code and wall time is printed.
+    line with the exit code and wall time is printed. While the tool runs, its output grows in ``<label>.out`` and
+    ``<label>.err`` there, so a run cut short by the end of a device session still leaves what it printed.
     """
     command = [*tool_command(module, nproc), *args]
-    started = time.monotonic()
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False,
-                               env=os.environ | {"OMNI3_STORAGE_ROOT": str(root), "PYTHONUNBUFFERED": "1"}
-                               | (env or {}))  # fmt: skip
     folder = Path(os.environ.get("OMNI3_GPU_LOG_DIR") or Path(root) / "logs")
     folder.mkdir(parents=True, exist_ok=True)
-    log = folder / f"{label}.log"
-    log.write_text(f"$ {' '.join(command)}\nexit {completed.returncode}\n--- stdout\n{completed.stdout}\n"
-                   f"--- stderr\n{completed.stderr}")  # fmt: skip
+    log, live_out, live_err = (folder / f"{label}{suffix}" for suffix in (".log", ".out", ".err"))
+    started = time.monotonic()
+    with live_out.open("w") as out, live_err.open("w") as err:
+        completed = subprocess.run(command, stdout=out, stderr=err, text=True, timeout=timeout, check=False,
+                                   env=os.environ | {"OMNI3_STORAGE_ROOT": str(root), "PYTHONUNBUFFERED": "1"}
+                                   | (env or {}))  # fmt: skip
+    stdout, stderr = live_out.read_text(), live_err.read_text()
+    log.write_text(f"$ {' '.join(command)}\nexit {completed.returncode}\n--- stdout\n{stdout}\n--- stderr\n{stderr}")
+    live_out.unlink()
+    live_err.unlink()
     seconds = time.monotonic() - started
     print(f"[gpu-tool {time.strftime('%H:%M:%S')}] {label}: exit {completed.returncode} in {seconds:.0f} s",
           flush=True)  # fmt: skip
-    return ToolRun(label, completed.returncode, completed.stdout, completed.stderr, log, seconds)
+    return ToolRun(label, completed.returncode, stdout, stderr, log, seconds)
