@@ -5,7 +5,8 @@ adapter weights and Megatron-Bridge's ``run_config.yaml``), ``hf_model`` (the ba
 from), ``peft`` (``{"type": "lora", "target_modules", "dim", "alpha", "dropout"}``, null for full fine-tuning) and
 ``parallel``. ``read_lora_run`` reads those fields in one place and turns every gap into a one-line error;
 ``check_lora_run`` adds the base checkpoint to a tool's plan. omni3-adapter-export and omni3-lora-merge both read
-LoRA runs through this module (the training-run artifact's contract, like the manifest protocol beside it).
+LoRA runs through this module (the training-run artifact's contract, like the manifest protocol beside it). The
+iteration folder itself is found and checked by ``omni3_shared.training_run``, shared with omni3-export.
 """
 
 from __future__ import annotations
@@ -21,11 +22,9 @@ import yaml
 from omni3_shared.errors import InvalidInputError, Omni3Error, UsageError
 from omni3_shared.manifest import ArtifactKind, describe_input
 from omni3_shared.plan import Plan
+from omni3_shared.training_run import RUN_CONFIG_FILE, saved_iteration
 
 OMNI_ARCHITECTURE = "NemotronH_Nano_Omni_Reasoning_V3"
-RUN_CONFIG_FILE = "run_config.yaml"
-# What Megatron-Bridge 0.6.2 writes into a finished torch_dist iteration folder (see omni3_sft.checkpoints).
-ITERATION_MARKERS = (".metadata", "metadata.json", RUN_CONFIG_FILE)
 INDEX_FILE = "model.safetensors.index.json"
 
 
@@ -85,8 +84,8 @@ def read_lora_run(run_dir: Path, extra: Mapping[str, Any], hf_model_override: Pa
             raise InvalidInputError(
                 f"{run_dir}'s manifest has no extra.peft.{name}", fix="rerun omni3-sft; its manifest records it"
             )
-    iteration, iteration_dir = _iteration_dir(run_dir, extra.get("checkpoint"))
-    check_iteration_dir(iteration_dir, peft)
+    iteration, iteration_dir = saved_iteration(run_dir, extra)
+    check_saved_lora(iteration_dir, peft)
     hf_model = hf_model_override
     if hf_model is None:
         recorded = extra.get("hf_model")
@@ -110,38 +109,12 @@ def read_lora_run(run_dir: Path, extra: Mapping[str, Any], hf_model_override: Pa
     )
 
 
-def _iteration_dir(run_dir: Path, entry: Any) -> tuple[int, Path]:
-    if not isinstance(entry, Mapping) or not entry.get("path") or not isinstance(entry.get("iteration"), int):
-        raise InvalidInputError(
-            f"{run_dir} records no saved checkpoint (extra.checkpoint.path and .iteration)",
-            fix="rerun omni3-sft until it saves a checkpoint; a run stopped before its first save has nothing",
-        )
-    if entry.get("format", "torch_dist") != "torch_dist":
-        raise InvalidInputError(
-            f"{run_dir}'s checkpoint has format {entry['format']!r}; only torch_dist is supported",
-            fix="train with checkpoint.ckpt_format torch_dist (the omni3-sft default)",
-        )
-    path = run_dir / str(entry["path"])
-    if not path.is_dir():
-        raise InvalidInputError(
-            f"{run_dir} is incomplete: its checkpoint folder {entry['path']} is missing",
-            fix="restore the run directory, or rerun omni3-sft",
-        )
-    return entry["iteration"], path
-
-
-def check_iteration_dir(path: Path, peft: Mapping[str, Any]) -> None:
-    """The iteration folder is complete and its run_config.yaml holds the same LoRA as the manifest.
+def check_saved_lora(path: Path, peft: Mapping[str, Any]) -> None:
+    """The (complete) iteration folder's run_config.yaml holds the same LoRA as the manifest.
 
     Megatron-Bridge rebuilds the adapters from that ``peft:`` block and silently falls back to default LoRA
     settings without it, which would load the shards into adapters of the wrong rank.
     """
-    missing = [name for name in ITERATION_MARKERS if not (path / name).is_file()]
-    if missing:
-        raise InvalidInputError(
-            f"checkpoint folder {path} is incomplete: {', '.join(missing)} missing",
-            fix="the save was interrupted; use an earlier complete iteration or rerun omni3-sft",
-        )
     try:
         document = yaml.safe_load((path / RUN_CONFIG_FILE).read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:

@@ -15,9 +15,13 @@ from typing import Any
 from omni3_shared.hf_checkpoint import tensor_names
 
 # Two bf16 forwards of the same weights through other kernels (HF vs Megatron, merged vs unmerged LoRA) stay well
-# inside these; a lost tensor or a mis-mapped one does not.
-MEAN_ABS_ERR_LIMIT = 0.02
+# inside these; a lost tensor or a mis-mapped one does not. Their mean error grows with the logits themselves, so
+# the bar is relative to the reference's mean |logit| (``ci/dev/import_logit_noise.py``, CPU): 2.2% on the tiny
+# Omni (0.0057 at 0.257; the H100 read 0.005), 2.8% on the Nano-shaped proxy (0.023 at 0.83; 4x H200 read 0.0268
+# on 2026-11-27, which the old absolute bar of 0.02 failed). 8% keeps that old bar on the tiny model (0.02 / 0.257).
+RELATIVE_MEAN_ERR_LIMIT = 0.08
 ARGMAX_AGREEMENT_MIN = 0.9
+BAR = f"mean error at most {RELATIVE_MEAN_ERR_LIMIT:.0%} of the mean |logit| with argmax agreement at least 0.9"
 IMAGE_TOKEN_ID = 18  # the tiny Omni's <image> context token; counted only for the record
 SOUND_TOKEN_ID = 27
 VISION_PREFIX = "vision_model."  # the vision tower's tensors in the Omni HF checkpoint
@@ -117,23 +121,36 @@ def multimodal_logits(model: list, hf_dir: Path) -> tuple[Any, dict[str, Any]]:
 
 
 def logit_stats(reference: Any, result: Any) -> dict[str, float]:
-    """Max and mean absolute error, the reference's scale, and how often the top token agrees."""
-    diff = (reference.float() - result.float()).abs()
+    """Max and mean absolute error, the reference's size (max and mean |logit|), the mean error relative to that
+    mean, and how often the top token agrees."""
+    reference, result = reference.float(), result.float()
+    diff = (reference - result).abs()
+    mean_abs_logit = reference.abs().mean().item()
     return {
         "max_abs_err": diff.max().item(),
         "mean_abs_err": diff.mean().item(),
-        "logit_scale": reference.float().abs().max().item(),
+        "logit_scale": reference.abs().max().item(),
+        "mean_abs_logit": mean_abs_logit,
+        "relative_mean_err": diff.mean().item() / mean_abs_logit if mean_abs_logit > 0 else float("inf"),
         "argmax_agreement": (reference.argmax(-1) == result.argmax(-1)).float().mean().item(),
         "finite": bool(reference.isfinite().all().item() and result.isfinite().all().item()),
     }
 
 
 def within_limits(stats: dict[str, float]) -> bool:
-    """Whether ``logit_stats`` output passes the shared bar (finite, mean error and top-token agreement)."""
+    """Whether ``logit_stats`` output passes the shared bar (``BAR``: finite, relative mean error, top token)."""
     return (
         bool(stats.get("finite", True))
-        and stats["mean_abs_err"] <= MEAN_ABS_ERR_LIMIT
+        and stats["relative_mean_err"] <= RELATIVE_MEAN_ERR_LIMIT
         and stats["argmax_agreement"] >= ARGMAX_AGREEMENT_MIN
+    )
+
+
+def describe(stats: dict[str, float]) -> str:
+    """One line of the numbers ``within_limits`` judged, for a failure message."""
+    return (
+        f"mean error {stats['mean_abs_err']:.4f} ({stats['relative_mean_err']:.1%} of the mean |logit| "
+        f"{stats['mean_abs_logit']:.3f}), argmax agreement {stats['argmax_agreement']:.3f}"
     )
 
 

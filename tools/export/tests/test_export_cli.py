@@ -78,16 +78,69 @@ def test_incomplete_input_is_exit_3(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "not a complete omni3 artifact" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("kind", [ArtifactKind.MEGATRON_CHECKPOINT, ArtifactKind.TRAINING_RUN])
+@pytest.mark.parametrize("kind", ["import", "full-run"])
 def test_valid_input_without_the_gpu_stack_is_exit_2_and_writes_nothing(
-    tmp_path: Path, make_artifact: MakeArtifact, capsys: pytest.CaptureFixture[str], kind: ArtifactKind
+    tmp_path: Path,
+    make_artifact: MakeArtifact,
+    make_lora_run: MakeArtifact,
+    capsys: pytest.CaptureFixture[str],
+    kind: str,
 ) -> None:
-    make_artifact(tmp_path / "ckpt", kind)
+    if kind == "import":
+        make_artifact(tmp_path / "ckpt", ArtifactKind.MEGATRON_CHECKPOINT)
+    else:
+        make_lora_run(tmp_path / "ckpt", hf_model=None, peft=None)
     assert cli(["--megatron-path", "ckpt", "--hf-path", "out/hf"]) == 2
     err = capsys.readouterr().err
     assert "needs Megatron-Bridge" in err
     assert "GPU image" in err
     assert nothing_written(tmp_path / "out" / "hf")
+
+
+def test_a_training_run_loads_the_iteration_its_manifest_records(
+    tmp_path: Path, make_lora_run: MakeArtifact, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not the run directory: Megatron-Bridge would read omni3's own run_config.yaml there (KeyError 'model' on
+    4x H200, 2026-11-27)."""
+    make_lora_run(tmp_path / "runs" / "default", hf_model=None, peft=None, iteration=50)
+    assert cli(["--dry-run", "--megatron-path", "runs/default"]) == 0
+    plan = yaml.safe_load(capsys.readouterr().out)
+    assert plan["weights"] == {"folder": str(tmp_path / "runs" / "default" / "checkpoints" / "iter_0000050"),
+                               "iteration": 50}  # fmt: skip
+    assert plan["verdict"].startswith("ready")
+
+
+def test_a_lora_run_is_exit_3_pointing_at_the_merge(
+    tmp_path: Path, make_lora_run: MakeArtifact, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_lora_run(tmp_path / "runs" / "lora", hf_model=None)
+    assert cli(["--megatron-path", "runs/lora", "--hf-path", "out/hf"]) == 3
+    err = capsys.readouterr().err
+    assert "is a LoRA run" in err and "omni3-lora-merge" in err and "omni3-adapter-export" in err
+    assert nothing_written(tmp_path / "out" / "hf")
+
+
+@pytest.mark.parametrize(
+    ("drop", "changes", "message"),
+    [
+        ((".metadata",), {}, "is incomplete: .metadata missing"),
+        ((), {"checkpoint": None}, "records no saved checkpoint"),
+        ((), {"checkpoint": {"dir": "checkpoints", "iteration": 5, "path": "checkpoints/iter_0000009"}}, "missing"),
+    ],
+)
+def test_a_run_without_a_complete_save_is_exit_3(
+    tmp_path: Path,
+    make_lora_run: MakeArtifact,
+    capsys: pytest.CaptureFixture[str],
+    drop: tuple[str, ...],
+    changes: dict[str, object],
+    message: str,
+) -> None:
+    make_lora_run(tmp_path / "run", hf_model=None, peft=None, drop=drop, extra_changes=changes)
+    assert cli(["--megatron-path", "run", "--hf-path", "out/hf"]) == 3
+    assert message in capsys.readouterr().err
+    assert cli(["--dry-run", "--megatron-path", "run"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["verdict"].startswith("1 problem")
 
 
 @pytest.mark.parametrize("kind", [ArtifactKind.DATASET, ArtifactKind.HF_CHECKPOINT, ArtifactKind.ADAPTER])

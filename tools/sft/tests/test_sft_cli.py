@@ -324,6 +324,18 @@ def test_memory_warning_before_the_run(tiny_inputs: Path, capsys: pytest.Capture
     assert "gpu_memory_gb" in capsys.readouterr().err
 
 
+def test_only_the_first_rank_logs_the_warnings(
+    tiny_inputs: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torchrun starts the CLI once per GPU: 4 copies of each warning on 4x H200 (2026-11-27)."""
+    monkeypatch.setenv("RANK", "1")
+    assert cli(["--config", "tiny", "--gpu-memory-gb", "1"]) == 2
+    assert "exceeds the 1 GB card" not in capsys.readouterr().err
+    monkeypatch.setenv("RANK", "0")
+    assert cli(["--config", "tiny", "--gpu-memory-gb", "1"]) == 2
+    assert "exceeds the 1 GB card" in capsys.readouterr().err
+
+
 def test_unreadable_model_config_is_exit_3(tiny_inputs: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tiny_inputs / "models" / "tiny_omni_hf" / "config.json").write_text("{}")
     assert cli(["--config", "tiny"]) == 3

@@ -10,8 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from omni3_export.settings import ExportSettings
+from omni3_shared import training_run
 from omni3_shared.cli import ToolCommands, run_cli
-from omni3_shared.errors import UsageError
+from omni3_shared.errors import Omni3Error, UsageError
 from omni3_shared.manifest import ArtifactKind
 from omni3_shared.plan import InputSpec, OutputSpec, Plan, hf_checkpoint_input, preflight, require_megatron_bridge
 from omni3_shared.settings import load_settings
@@ -22,8 +23,9 @@ TOOL = "omni3-export"
 class ExportCommands(ToolCommands):
     """Convert a Megatron checkpoint (from omni3-import or omni3-sft) to a Hugging Face checkpoint.
 
-    Checks before any work: the input is a complete megatron-checkpoint or training-run artifact, the output
-    is new (or --force), and, with --verify, that exported logits match the source's on a fixed batch.
+    Checks before any work: the input is a complete megatron-checkpoint or training-run artifact (of a run, the
+    iteration its manifest records as saved; a LoRA run goes to omni3-lora-merge instead), the output is new
+    (or --force), and, with --verify, that exported logits match the source's on a fixed batch.
     Settings come from flags, then OMNI3_* variables, then --settings-file; `omni3-export settings` lists them.
     """
 
@@ -72,15 +74,31 @@ class ExportCommands(ToolCommands):
             force=force,
             not_checked=["Megatron-Bridge conversion and logit verification run only on a GPU machine"],
         )
+        weights = weights_to_load(plan, settings.resolve_path(settings.megatron_path))
         if plan.stop_here(dry_run):
             return
         require_megatron_bridge("Megatron -> HF export", "omni3-export")
         from omni3_export.core import run_export
 
         reference = reference_hf_model(settings, plan)
-        megatron_dir = settings.resolve_path(settings.megatron_path)
-        output = run_export(settings, megatron_dir, reference, plan.input_refs, force)
+        output = run_export(settings, weights, reference, plan.input_refs, force)
         print(f"omni3-export: wrote {output}")
+
+
+def weights_to_load(plan: Plan, megatron_path: Path) -> Path:
+    """The folder Megatron-Bridge loads: omni3-import's checkpoint itself, or the iteration an omni3-sft run saved.
+
+    A problem (a LoRA run, a run with no complete save) goes to ``plan.problems`` like preflight's own.
+    """
+    manifest = plan.input_manifests.get("megatron_checkpoint")
+    try:
+        folder = training_run.weights_folder(megatron_path, manifest)
+    except Omni3Error as exc:
+        plan.problems.append(exc)
+        return megatron_path
+    if folder != megatron_path:
+        plan.sections["weights"] = {"folder": str(folder), "iteration": manifest.extra["checkpoint"]["iteration"]}
+    return folder
 
 
 def reference_hf_model(settings: ExportSettings, plan: Plan) -> Path:

@@ -27,7 +27,7 @@ from omni3_shared.errors import ToolFailure
 from omni3_shared.hf_checkpoint import tensor_names
 from omni3_shared.manifest import ArtifactKind, InputRef, tool_info
 from omni3_shared.megatron_omni import build_model
-from omni3_shared.omni_logits import compare_with, logit_mismatch_fix, multimodal_logits
+from omni3_shared.omni_logits import compare_with, describe, logit_mismatch_fix, multimodal_logits
 from omni3_shared.publish import publish_artifact, staging_path
 from omni3_shared.rendezvous import single_process_rendezvous
 
@@ -126,9 +126,8 @@ def run_export(
             )
         if verification is not None and not verification["passed"]:
             raise ToolFailure(
-                f"verification failed: exported vs source logits on the image + audio + text batch, mean error "
-                f"{verification['mean_abs_err']:.4f}, argmax agreement {verification['argmax_agreement']:.3f}, "
-                f"finite {verification['finite']}",
+                f"verification failed: exported vs source logits on the image + audio + text batch, "
+                f"{describe(verification)}, finite {verification['finite']}",
                 fix=logit_mismatch_fix(hf_model, "report it with the source's manifest; nothing was written"),
             )
         staging.extra.update({"tensors": accounting, "world_size": world, "verification": verification})

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from omni3_shared.omni_logits import ARGMAX_AGREEMENT_MIN, MEAN_ABS_ERR_LIMIT, within_limits
+from omni3_shared.omni_logits import BAR, describe, within_limits
 
 WORST_LISTED = 5
 # A tensor is counted as mis-merged when its residual exceeds half of the adapter's own largest change and also
@@ -20,7 +20,7 @@ WORST_LISTED = 5
 RESIDUAL_SHARE = 0.5
 ROUNDING_FACTOR = 4.0
 BF16_RELATIVE_STEP = 2.0**-8
-# Logits, merged vs base+adapter. The shared bar (MEAN_ABS_ERR_LIMIT, ARGMAX_AGREEMENT_MIN) is the noise of two
+# Logits, merged vs base+adapter. The shared bar (omni_logits.BAR) is the noise of two
 # bf16 forwards through other kernels. A merge adds one more rounding: W + s*B@A is stored in bf16, and an adapter
 # whose change is near the bf16 step of W (a short run) loses part of itself there. So a merge whose every tensor is
 # proven right above (no mis-merged tensor) passes as well when its logits sit well closer to base+adapter than
@@ -109,10 +109,8 @@ def judge(merged: dict[str, Any], effect: dict[str, Any], weights: dict[str, Any
         )
     if not within_limits(merged) and not _well_closer(merged, effect, residuals):
         problems.append(
-            f"merged vs base+adapter logits: mean error {merged['mean_abs_err']:.4f}, argmax agreement "
-            f"{merged['argmax_agreement']:.3f} (the bar: mean error at most {MEAN_ABS_ERR_LIMIT} with argmax agreement "
-            f"at least {ARGMAX_AGREEMENT_MIN}, or, with every tensor merged right, at most {EFFECT_SHARE} of the "
-            f"adapter's own effect, mean {effect['mean_abs_err']:.4f})"
+            f"merged vs base+adapter logits: {describe(merged)} (the bar: {BAR}, or, with every tensor merged right, "
+            f"at most {EFFECT_SHARE} of the adapter's own effect, mean {effect['mean_abs_err']:.4f})"
         )
     return problems
 

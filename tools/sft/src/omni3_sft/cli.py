@@ -7,6 +7,7 @@ Usage:
 """
 
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -104,8 +105,9 @@ class SftCommands(ToolCommands):
         plan = check_run(settings, resolved, world, force, {"variant": str(path), "overrides": list(overrides)})
         if plan.stop_here(dry_run):
             return
-        for warning in plan.sections.get("warnings", []):
-            logging.getLogger(TOOL).warning(warning)
+        if os.environ.get("RANK", "0") == "0":  # torchrun starts one CLI per GPU; one copy of each warning is enough
+            for warning in plan.sections.get("warnings", []):
+                logging.getLogger(TOOL).warning(warning)
         require_megatron_bridge("training", TOOL)
         if is_hub_id(settings.hf_model) and not settings.resolve_path(settings.hf_model).exists():
             raise UsageError(
