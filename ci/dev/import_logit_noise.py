@@ -6,9 +6,9 @@ fp32 under bf16 autocast (like the Megatron side) and pure bf16 (the HF side), a
 for each pair. What two numerically different but equivalent forwards disagree by is the floor any limit on that
 comparison must clear.
 
-    python ci/dev/import_logit_noise.py --model tiny            # the built-in tiny Omni
-    python ci/dev/import_logit_noise.py --model proxy           # the benchmark's Nano-shaped proxy (M*E, ~17 GB RAM)
-    python ci/dev/import_logit_noise.py --hf-path DIR           # any Omni HF checkpoint on disk
+    python ci/dev/import_logit_noise.py --model tiny     # the built-in tiny Omni
+    python ci/dev/import_logit_noise.py --model proxy    # the benchmark's Nano-shaped proxy (M*E; 74 s on 2 cores)
+    python ci/dev/import_logit_noise.py --hf-path DIR    # any Omni HF checkpoint on disk
 
 Not a GPU result: CPU kernels round differently from cuBLAS, so it bounds the precision noise, it does not replay
 the GPU run.
