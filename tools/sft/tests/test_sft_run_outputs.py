@@ -76,12 +76,12 @@ def test_progress_line() -> None:
     tiny = StepMetrics(20, 2.0, 1e-4, 8192, 2.0, 2, 0.0213e12 * 2.0 * 2)
     assert "| 0.0213 TFLOP/s/GPU |" in run_outputs.progress_line(tiny, 100, 6.0)
     with_norm = run_outputs.progress_line(StepMetrics(20, 2.0, 1e-4, 8192, 2.0, 2, 4e14, grad_norm=0.5), 100, None)
-    assert "grad norm 0.500" in with_norm and with_norm.endswith("ETA unknown")
+    assert "grad norm 0.500" in with_norm and with_norm.endswith("ETA after warm-up")
 
 
 def test_eta_clock_drops_the_warm_up_interval() -> None:
     clock = EtaClock(window=3)
-    assert clock.add(10, 100.0) == pytest.approx(10.0)  # the only sample so far
+    assert clock.add(10, 100.0) is None  # the warm-up interval alone says nothing about the steps to come
     assert clock.add(10, 20.0) == pytest.approx(2.0)  # warm-up dropped
     assert clock.add(10, 40.0) == pytest.approx(3.0)
     assert clock.add(0, 0.0) == pytest.approx(3.0)

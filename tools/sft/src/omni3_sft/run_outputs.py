@@ -155,13 +155,14 @@ def progress_line(metrics: StepMetrics, train_iters: int, seconds_per_iteration:
     if seconds_per_iteration is not None and seconds_per_iteration > 0:
         parts.append(f"ETA {format_duration(max(train_iters - metrics.iteration, 0) * seconds_per_iteration)}")
     else:
-        parts.append("ETA unknown")
+        parts.append("ETA after warm-up")
     return " | ".join(parts)
 
 
 class EtaClock:
-    """Seconds per iteration, averaged over the last ``window`` intervals (the first, with warm-up, is dropped
-    once there are others)."""
+    """Seconds per iteration, averaged over the last ``window`` intervals. The first interval is never used: it
+    holds the warm-up (model build, Triton autotuning), which made the first line's ETA read 44 minutes for a
+    run of 40 seconds (4x H200, 2026-11-27), so there is no estimate until a second interval ends."""
 
     def __init__(self, window: int = 10) -> None:
         self.window = window
@@ -171,7 +172,7 @@ class EtaClock:
         if iterations > 0 and seconds > 0:
             self._samples.append((iterations, seconds))
             self._samples = self._samples[-self.window - 1 :]
-        samples = self._samples[1:] if len(self._samples) > 1 else self._samples
+        samples = self._samples[1:]
         total_iterations = sum(n for n, _ in samples)
         return sum(s for _, s in samples) / total_iterations if total_iterations else None
 
