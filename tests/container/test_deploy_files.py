@@ -125,6 +125,23 @@ def test_pipeline_chains_every_tool_on_one_volume() -> None:
             assert devices and devices[0]["driver"] == "nvidia" and devices[0]["capabilities"] == ["gpu"]
 
 
+def option(service: dict, flag: str) -> str:
+    command = service["command"]
+    return command[command.index(flag) + 1]
+
+
+def test_pipeline_hands_each_tool_the_artifact_it_accepts() -> None:
+    """Each consumer reads what its producer writes; export gets the merged Megatron checkpoint, not the LoRA run
+    (which holds adapters only: omni3-export refuses it)."""
+    services = load_yaml("compose/pipeline.yaml")["services"]
+    run = option(services["sft"], "--run-dir")
+    assert option(services["lora-merge"], "--lora-checkpoint") == run
+    assert option(services["adapter-export"], "--lora-checkpoint") == run
+    assert option(services["lora-merge"], "--output-format") == "megatron"
+    assert option(services["export"], "--megatron-path") == option(services["lora-merge"], "--output") != run
+    assert option(services["sft"], "--megatron-checkpoint") == option(services["import"], "--megatron-path")
+
+
 def test_cpu_compose_is_prep_then_validation() -> None:
     compose = load_yaml("compose/cpu.yaml")
     services = compose["services"]
