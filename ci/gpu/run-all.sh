@@ -7,7 +7,8 @@
 #              lifecycle=tp2,ep2 makes only those (LIFECYCLE_ONLY of ci/gpu/run-lifecycle.sh)
 #   tools      omni3-import at TP2 and EP2, omni3-export of each at TP1, both with --verify (2+ GPUs)
 #   layout     issue 6: the production layout at proxy scale, import -> sft (default, LoRA) -> export and
-#              adapter-export, against half the GPUs (TP4 x EP8 on 8 GPUs, TP2 x EP4 on 4)
+#              adapter-export, against half the GPUs (TP4 x EP8 on 8 GPUs, TP2 x EP4 on 4); layout=main leaves out
+#              the runs on half the GPUs
 #   bench      tests/bench/sft.py on 4 GPUs where the machine has 4 or more, else on 1
 #              (dataset: $OMNI3_GPU_DATA/datasets/bench_receipts, CORD-sized: see run-bench-sft.sh);
 #              bench=--micro-batch,8,--micro-batches,4 passes those arguments
@@ -35,7 +36,7 @@ run_step() {  # $1 = step[=options]
     adapters) command=(bash ci/gpu/run-adapters.sh) ;;
     lifecycle) command=(env LIFECYCLE_ONLY="${options//,/ }" bash ci/gpu/run-lifecycle.sh "$GPUS") ;;
     tools) command=(bash ci/gpu/run-tools.sh) ;;
-    layout) command=(bash ci/gpu/run-layout.sh) ;;
+    layout) command=(bash ci/gpu/run-layout.sh ${options//,/ }) ;;  # layout=main: the main layout's chain only
     bench) command=(bash ci/gpu/run-bench-sft.sh --gpus "$BENCH_GPUS" --dataset "$OMNI3_GPU_DATA/datasets/bench_receipts"
                     ${options//,/ }) ;;  # bench=--micro-batch,8: more arguments of tests/bench/sft.py
     *) echo "unknown step $step"; return 2 ;;

@@ -5,6 +5,7 @@ They run only on lent GPU machines, where a syntax error costs device time; this
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,20 @@ def test_a_carried_archive_cannot_write_outside_the_cache(tmp_path: Path) -> Non
     subprocess.run(["bash", str(script), "unpack", str(tgz), str(cache)], check=True, capture_output=True)
     assert (cache / "sub" / "x.autotune.json").is_file()
     assert sorted(p.name for p in cache.rglob("*")) == ["sub", "x.autotune.json"]
+
+
+def test_layout_main_selects_the_main_layouts_chain() -> None:
+    """run-layout.sh main: the import, both main-layout trainings with their exports; not the reference runs."""
+    script = (REPO / "ci" / "gpu" / "run-layout.sh").read_text()
+    expression = script.split('MAIN_LAYOUT_ONLY="', 1)[1].split('"', 1)[0]
+    collected = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "-k", expression,
+         "tests/gpu/test_production_layout.py"],
+        cwd=REPO, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    names = sorted(line.split("::")[1] for line in collected.stdout.splitlines() if "::" in line)
+    assert names == [
+        "test_adapter_export_of_the_main_lora_run_covers_every_expert",
+        "test_export_of_the_main_default_run_has_every_expert",
+        "test_import_at_the_main_layout_is_verified",
+    ], collected.stdout + collected.stderr
