@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from omni3_import.core import hf_language_model
+from omni3_import.core import hf_language_model, text_ids
 from omni3_shared.omni_logits import logit_stats
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,9 +58,8 @@ def main() -> int:
         started = time.monotonic()
         hf_path = args.hf_path or build(args.model, Path(scratch) / "hf")
         print(f"[logit-noise] checkpoint ready in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
-        model = hf_language_model(hf_path, trust_remote_code=True)
-        vocab = model.config.vocab_size
-        ids = torch.randint(32, vocab, (2, 128), generator=torch.Generator().manual_seed(1234))
+        model = hf_language_model(hf_path, trust_remote_code=True).float()
+        ids = text_ids(hf_path, trust_remote_code=True)
         with torch.no_grad():
             exact = model(ids).logits.float()
             with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -235,3 +235,23 @@ def test_builtin_name_resolves_to_a_cached_build(tmp_path: Path, monkeypatch: py
     assert resolve_hf_model("tiny", vision="omit") == path  # second call reuses it
     assert resolve_hf_model("some/dir") == Path("some/dir")
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no staging leftovers
+
+
+def test_the_hf_reference_of_the_import_check_runs_on_the_cpu(tiny_dir: Path) -> None:
+    """What rank 0 computes for --verify when the HF model does not fit on its GPU (here: no GPU at all). The
+    model is built from the stored bf16 tensors, without a float32 copy, and gives the float32 model's logits
+    within bf16 noise."""
+    from omni3_import.core import hf_language_model, hf_reference_logits, text_ids
+    from omni3_shared.omni_logits import logit_stats, within_limits
+
+    ids = text_ids(tiny_dir, trust_remote_code=True)
+    assert ids.shape == (2, 128) and text_ids(tiny_dir, trust_remote_code=True).equal(ids)  # the same on every rank
+    model = hf_language_model(tiny_dir, trust_remote_code=True)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert not any(p.is_meta for p in model.parameters()) and not any(b.is_meta for b in model.buffers())
+    logits, device = hf_reference_logits(tiny_dir, True, ids)
+    assert device == "cpu" and logits.dtype == torch.float32 and logits.shape[:2] == (2, 128)
+    with torch.no_grad():
+        exact = model.float()(ids).logits.float()
+    stats = logit_stats(exact, logits)
+    assert within_limits(stats) and stats["mean_abs_err"] > 0, stats  # bf16, so not bit-equal; within the bar

@@ -89,14 +89,19 @@ def build_model(hf_path: Path, settings: ImportSettings, trust_remote_code: bool
 
 
 def hf_language_model(hf_path: Path, trust_remote_code: bool) -> Any:
-    """transformers' NemotronH on the checkpoint's ``language_model.*`` tensors, fp32 on the CPU (runs without a
-    GPU: ``ci/dev/import_logit_noise.py`` measures the bf16 noise of the check below with it)."""
+    """transformers' NemotronH on the checkpoint's ``language_model.*`` tensors, on the CPU in their stored dtype.
+
+    Built on the meta device and given the loaded tensors themselves, so the host holds one copy of the weights
+    (63 GB for the 31.6B-parameter Nano in bf16), not a float32 model plus the tensors. Runs without a GPU:
+    ``ci/dev/import_logit_noise.py`` measures the bf16 noise of the check below with it.
+    """
     import torch
     from safetensors import safe_open
     from transformers import AutoConfig, NemotronHForCausalLM
 
     config = AutoConfig.from_pretrained(str(hf_path), trust_remote_code=trust_remote_code, local_files_only=True)
-    hf = NemotronHForCausalLM(config.llm_config)
+    with torch.device("meta"):
+        hf = NemotronHForCausalLM(config.llm_config)
     state: dict[str, torch.Tensor] = {}
     for shard in sorted(hf_path.glob("*.safetensors")):
         with safe_open(str(shard), framework="pt") as handle:
@@ -111,33 +116,67 @@ def hf_language_model(hf_path: Path, trust_remote_code: bool) -> Any:
     for fused in [key for key in expected if key.endswith(("mixer.experts.up_proj", "mixer.experts.down_proj"))]:
         base, name = fused.rsplit(".", 1)  # transformers >= 5.17 keeps a layer's experts in one tensor
         state[fused] = torch.stack([state.pop(f"{base}.{e}.{name}.weight") for e in range(expected[fused].shape[0])])
-    hf.load_state_dict(state, strict=True)
+    hf.load_state_dict(state, strict=True, assign=True)
     return hf.eval()
 
 
-def verify_text_logits(hf_path: Path, model: list, trust_remote_code: bool) -> dict[str, Any]:
-    """HF NemotronH (the checkpoint's language_model.* tensors) vs the Megatron language model, 2x128 tokens."""
+def text_ids(hf_path: Path, trust_remote_code: bool) -> Any:
+    """The check's fixed batch: 2x128 token ids from seed 1234, the same on every rank."""
     import torch
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(hf_path), trust_remote_code=trust_remote_code, local_files_only=True)
+    return torch.randint(32, config.llm_config.vocab_size, (2, 128), generator=torch.Generator().manual_seed(1234))
+
+
+def hf_reference_logits(hf_path: Path, trust_remote_code: bool, ids: Any) -> tuple[Any, str]:
+    """HF's bf16 logits for ``ids`` (on the CPU) and where they ran: on this GPU when the model fits in what is free
+    there with a quarter to spare, else on the CPU (the real Nano's 63 GB next to a Megatron shard)."""
+    import torch
+
+    hf = hf_language_model(hf_path, trust_remote_code)
+    weight_bytes = sum(t.numel() for t in hf.parameters()) * 2  # bf16
+    free_bytes = torch.cuda.mem_get_info()[0] if torch.cuda.is_available() else 0
+    device = "cuda" if weight_bytes * 1.25 < free_bytes else "cpu"
+    hf = hf.to(device=device, dtype=torch.bfloat16)
+    with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16):
+        logits = hf(ids.to(device)).logits.float().cpu()
+    del hf
+    torch.cuda.empty_cache()
+    return logits, device
+
+
+def verify_text_logits(hf_path: Path, model: list, trust_remote_code: bool) -> dict[str, Any]:
+    """HF NemotronH (the checkpoint's language_model.* tensors) vs the Megatron language model, 2x128 tokens.
+
+    Only global rank 0 builds the HF model (one host copy, not one per GPU); every rank runs the Megatron forward
+    and gets rank 0's comparison, so all of them stop together when it fails.
+    """
+    import torch
+    import torch.distributed as dist
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
 
-    hf = hf_language_model(hf_path, trust_remote_code)
-    hf = hf.to(device="cuda", dtype=torch.bfloat16)
-    generator = torch.Generator().manual_seed(1234)
-    ids = torch.randint(32, hf.config.vocab_size, (2, 128), generator=generator).cuda()
+    ids = text_ids(hf_path, trust_remote_code)
+    reference, device = hf_reference_logits(hf_path, trust_remote_code, ids) if dist.get_rank() == 0 else (None, None)
+    ids = ids.cuda()
     positions = torch.arange(ids.shape[1], device="cuda").unsqueeze(0).expand(ids.shape[0], -1)
     inner = model[0]
     while hasattr(inner, "module"):
         inner = inner.module
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-        reference = hf(ids).logits.float()
         result = inner.llava_model.language_model(ids, positions, None)
     if parallel_state.get_tensor_model_parallel_world_size() > 1:
         result = gather_from_tensor_model_parallel_region(result)
-    if result.shape[0] != ids.shape[0]:
-        result = result.transpose(0, 1)
-    result = result[..., : reference.shape[-1]].float()
-    return {"batch": "text, 2x128 random token ids (seed 1234)", **logit_stats(reference, result)}
+    record: list[dict[str, Any] | None] = [None]
+    if reference is not None:
+        if result.shape[0] != ids.shape[0]:
+            result = result.transpose(0, 1)
+        result = result[..., : reference.shape[-1]].float().cpu()
+        record[0] = {"batch": "text, 2x128 random token ids (seed 1234)", "hf_device": device,
+                     **logit_stats(reference, result)}  # fmt: skip
+    dist.broadcast_object_list(record, src=0)
+    return record[0]
 
 
 def verify_saved(bridge: Any, saved: Path, settings: ImportSettings, hf_path: Path, reference: Any) -> dict[str, Any]:
