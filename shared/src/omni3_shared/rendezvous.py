@@ -1,4 +1,5 @@
-"""torch.distributed's rendezvous variables for a tool started without torchrun (one process, one GPU)."""
+"""torch.distributed's rendezvous variables: this process's global rank as the launcher set it, and the variables
+for a tool started without torchrun (one process, one GPU)."""
 
 from __future__ import annotations
 
@@ -21,3 +22,9 @@ def single_process_rendezvous() -> None:
     os.environ.update(
         {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}
     )
+
+
+def global_rank() -> int:
+    """This process's global rank from torchrun's (or Slurm's wiring of) ``RANK``; 0 without a launcher. Readable
+    before torch.distributed is initialised, e.g. to print a CLI's warnings once and not once per GPU."""
+    return int(os.environ.get("RANK", "0"))

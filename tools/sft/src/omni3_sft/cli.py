@@ -7,7 +7,6 @@ Usage:
 """
 
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ from omni3_shared.manifest import ArtifactKind
 from omni3_shared.plan import InputSpec, OutputSpec, Plan, hf_checkpoint_input, require_megatron_bridge
 from omni3_shared.plan import preflight as preflight_plan
 from omni3_shared.publish import staging_path
+from omni3_shared.rendezvous import global_rank
 from omni3_shared.settings import load_settings
 
 TOOL = "omni3-sft"
@@ -105,7 +105,7 @@ class SftCommands(ToolCommands):
         plan = check_run(settings, resolved, world, force, {"variant": str(path), "overrides": list(overrides)})
         if plan.stop_here(dry_run):
             return
-        if os.environ.get("RANK", "0") == "0":  # torchrun starts one CLI per GPU; one copy of each warning is enough
+        if global_rank() == 0:  # torchrun starts one CLI per GPU; one copy of each warning is enough
             for warning in plan.sections.get("warnings", []):
                 logging.getLogger(TOOL).warning(warning)
         require_megatron_bridge("training", TOOL)

@@ -27,7 +27,7 @@ from omni3_sft.stall_report import StallReport
 from omni3_shared.errors import ToolFailure
 from omni3_shared.manifest import ArtifactKind, Hashing, InputRef, tool_info
 from omni3_shared.publish import publish_artifact, staging_path
-from omni3_shared.rendezvous import single_process_rendezvous
+from omni3_shared.rendezvous import global_rank, single_process_rendezvous
 
 PACKAGES = ("megatron-bridge", "megatron-core", "megatron-energon", "transformer-engine", "transformers", "torch")
 # Checkpoints are large: their files carry sizes in the manifest, the small files a sha256 too.
@@ -35,10 +35,6 @@ HASHING = Hashing(mode="lazy", lazy_threshold_bytes=64 * 1024 * 1024)
 ENERGON_BUILDER_MODULE = "megatron.bridge.data.builders.energon"
 ENERGON_DATAMODULE_MODULE = "megatron.bridge.data.energon.base_energon_datamodule"
 log = logging.getLogger(TOOL)
-
-
-def global_rank() -> int:
-    return int(os.environ.get("RANK", "0"))
 
 
 def cache_triton_kernels(environ: MutableMapping[str, str], folder: Path) -> str:
