@@ -307,7 +307,8 @@ class Throughput:
     @property
     def padding_share(self) -> float:
         """Of the positions the model ran, the padding (Megatron-Bridge pads to model.seq_length at EP > 1)."""
-        return 1 - self.tokens / self.positions if self.positions else math.nan
+        share = run_outputs.padding_share(self.tokens, self.positions)
+        return math.nan if share is None else share
 
     @property
     def data_wait_share(self) -> float:

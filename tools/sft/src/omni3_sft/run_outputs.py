@@ -35,6 +35,11 @@ PLOT_FILE = "loss_throughput.png"
 REPORT_FILE = "report.md"
 
 
+def padding_share(tokens: int, positions: int | None) -> float | None:
+    """Of the positions the model ran, the share that was padding (None when the positions are unknown)."""
+    return 1 - tokens / positions if positions else None
+
+
 @dataclass(frozen=True)
 class StepMetrics:
     """One logging interval: averages over its iterations, measured on rank 0."""
@@ -53,7 +58,7 @@ class StepMetrics:
 
     @property
     def padding_share(self) -> float | None:
-        return 1 - self.tokens / self.positions if self.positions else None
+        return padding_share(self.tokens, self.positions)
 
     @property
     def tokens_per_s_per_gpu(self) -> float:
@@ -246,7 +251,7 @@ def summarize_metrics(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             summary["data_wait_share"] = round(sum(waits) / seconds, 4)
     positions = [r["positions"] for r in steady if r.get("positions")]
     if positions and len(positions) == len(steady):
-        summary["padding_share"] = round(1 - tokens / sum(positions), 4)
+        summary["padding_share"] = round(padding_share(tokens, sum(positions)), 4)
     return summary
 
 
