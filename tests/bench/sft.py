@@ -27,11 +27,11 @@ way omni3's metrics count them; ``padding_share`` says how much padding the mode
 (``omni3_sft.model_shape.FlopCounter`` over those tokens: language model, vision tower and projector),
 MFU = TFLOP/s/GPU / measured peak, omni3's overhead = 1 - omni3 tokens/s / direct tokens/s
 (``overhead_median_step``: the same from the median step times, which leave a late batch out) with its margin
-(``overhead_margin``: two standard errors from both runs' step-to-step spread; the overhead target counts as met or
-missed only outside it, else "not shown"), scaling efficiency = 4-GPU tokens/s/GPU / 1-GPU tokens/s/GPU, data wait =
-the share of the time rank 0's forward step waited for the data loader (``--workers`` processes per rank). Writes
-``summary.json`` and ``summary.md`` into --out and, with --record, a Markdown + JSON record into that folder
-(ci/records/).
+(``overhead_margin``: two standard errors, from the per-step ratios when both runs drew the same batches, else from
+both runs' step-to-step spread; the overhead target counts as met or missed only outside it, else "not shown"),
+scaling efficiency = 4-GPU tokens/s/GPU / 1-GPU tokens/s/GPU, data wait = the share of the time rank 0's forward
+step waited for the data loader (``--workers`` processes per rank). Writes ``summary.json`` and ``summary.md`` into
+--out and, with --record, a Markdown + JSON record into that folder (ci/records/).
 
 The pure pieces (proxy spec, stage YAML, arithmetic, rendering) are tested on the CPU in test_sft_bench.py.
 """
@@ -83,6 +83,12 @@ DEFAULT_WORKERS = 8
 # images up to this side whole (one token per 32x32 pixels), so CORD-sized synthetic receipts (omni3-prep synth
 # --receipt-width 1536) give each sample about 1,500 image tokens, as real ones do. 512 was the first bench's size.
 DEFAULT_IMAGE_SIDE = 1536
+# The proxy's router starts random, and at the recipe's learning rate training drifts it toward uneven expert loads:
+# step times rose by 10-30% within a 20-iteration run (1 and 4 GPUs, 2026-11-27), a drift the real checkpoint's
+# trained router does not have and that made the two runs' steps too noisy to compare. At this learning rate every
+# step still runs the full forward, backward and Adam update, but the weights stay where they were built, so the
+# step time depends on the batch alone and omni3's and the direct run's steps pair by batch (overhead_margin).
+DEFAULT_LR = 1e-9
 
 TARGET_MFU = 0.35  # 1-GPU proxy
 TARGET_OVERHEAD = 0.02
@@ -179,6 +185,7 @@ class Workload:
     warmup: int
     workers: int = DEFAULT_WORKERS  # data loader processes per rank
     image_side: int = DEFAULT_IMAGE_SIDE  # the proxy processor's longest image side (the data's images up to it)
+    lr: float = DEFAULT_LR  # optimizer.lr (min_lr 0)
 
     @property
     def expert_parallel(self) -> int:
@@ -233,6 +240,8 @@ def overrides(workload: Workload) -> list[str]:
         f"train.micro_batch_size={workload.micro_batch}",
         "train.log_interval=1",  # one metrics record per iteration, so warm-up iterations can be left out
         f"dataset.num_workers={workload.workers}",
+        f"optimizer.lr={workload.lr}",
+        "optimizer.min_lr=0",
     ]
 
 
@@ -264,6 +273,7 @@ class Throughput:
     positions: int | None = None  # tokens and the padding around them (None: not recorded)
     data_wait_seconds: float | None = None  # rank 0's forward step waiting for the loader (None: not recorded)
     step_seconds: tuple[float, ...] = ()  # each measured step's wall time, in order
+    step_tokens: tuple[int, ...] = ()  # each measured step's tokens, in order (which batches it drew)
 
     @property
     def median_step_seconds(self) -> float:
@@ -342,6 +352,7 @@ def throughput(records: Sequence[Mapping[str, Any]], warmup: int) -> Throughput:
         sequences=sum(int(r.get("sequences", 0)) for r in measured),
         positions=sum(int(r["positions"]) for r in measured) if all(r.get("positions") for r in measured) else None,
         step_seconds=tuple(float(r["seconds"]) for r in measured),
+        step_tokens=tuple(int(r["tokens"]) for r in measured),
         data_wait_seconds=(
             sum(float(r["data_wait_seconds"]) for r in measured)
             if all(r.get("data_wait_seconds") is not None for r in measured)
@@ -364,14 +375,23 @@ def overhead(omni3_tokens_per_s: float, direct_tokens_per_s: float) -> float:
     return 1 - omni3_tokens_per_s / direct_tokens_per_s if direct_tokens_per_s > 0 else math.nan
 
 
-def overhead_margin(omni3: Throughput, direct: Throughput) -> float:
-    """Two standard errors of ``overhead`` (about 95%), from the step-to-step spread of both runs.
+def paired(omni3: Throughput, direct: Throughput) -> bool:
+    """Whether the two runs' measured steps drew the same batches: the same tokens at every step, in order."""
+    return bool(omni3.step_tokens) and omni3.step_tokens == direct.step_tokens
 
-    overhead = 1 - r with r the ratio of the two throughputs; the ratio's relative error is the two runs' relative
-    errors of their mean step time added in quadrature. Steps varied by 10-12% on the proxy (H200, 2026-11-27), and
-    not with their batch's size, so pairing the runs' steps does not help: 15 measured steps leave a margin of
-    about 8%, and deciding the 2% target at the measured -0.4% needs about 170 per run (``steps_to_decide``).
+
+def overhead_margin(omni3: Throughput, direct: Throughput) -> float:
+    """Two standard errors of ``overhead`` (about 95%).
+
+    overhead = 1 - r with r the ratio of the two throughputs. When the runs drew the same batches (``paired``),
+    r is the mean of the per-step ratios direct / omni3 step time, and its error comes from their spread: the
+    batches' own spread cancels. Else the two runs' relative errors of their mean step time add in quadrature.
+    Pairing only helps where a step's time follows its batch: at the recipe's learning rate the proxy's random
+    router drifted during the run and the pairs spread by 6% (4 GPUs, 2026-11-27), hence ``DEFAULT_LR``.
     """
+    if paired(omni3, direct) and len(omni3.step_seconds) >= 2:
+        ratios = [d / o for o, d in zip(omni3.step_seconds, direct.step_seconds, strict=True)]
+        return 2 * statistics.stdev(ratios) / math.sqrt(len(ratios))
     ratio = 1 - overhead(omni3.tokens_per_s_per_gpu, direct.tokens_per_s_per_gpu)
     return 2 * ratio * math.hypot(omni3.step_relative_error, direct.step_relative_error)
 
@@ -439,6 +459,7 @@ def derive(runs: Mapping[str, Throughput | None], peak_tflops: float | None) -> 
     if omni3 and direct:
         results["overhead"] = _round(overhead(omni3.tokens_per_s_per_gpu, direct.tokens_per_s_per_gpu), 4)
         results["overhead_margin"] = _round(overhead_margin(omni3, direct), 4)
+        results["overhead_paired"] = paired(omni3, direct)
         if results["overhead"] is not None and results["overhead_margin"] is not None:
             needed = steps_to_decide(results["overhead"], results["overhead_margin"], omni3.steps, TARGET_OVERHEAD)
             if needed is not None:
@@ -657,6 +678,9 @@ def notes(workload: Workload) -> list[str]:
         "(the bridge's random RADIO ViT-H init); vision frozen, language model and projectors trained with Adam",
         "omni3 and direct run the same stage YAML and overrides, so the same ConfigContainer fields, data and "
         "iterations; the direct driver adds one token counter per micro batch and a per-step timer",
+        f"learning rate {workload.lr:g} (min 0) in every run: each step runs the full forward, backward and Adam "
+        "update, but the weights, and with them the random router's expert loads, stay as built, so a step's time "
+        "follows its batch and the overhead's margin comes from the two runs' step pairs (same batches, same order)",
         "a training phase is stopped (SIGKILL) once its last iteration is recorded: its final checkpoint save "
         "(about 2 minutes for this proxy with its Adam states) is not measured; --keep-runs lets it finish",
     ]
@@ -990,6 +1014,7 @@ def run_bench(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         args.warmup,
         args.workers,
         args.image_side,
+        args.lr,
     )
     work = Path(args.work).absolute()
     out = Path(args.out).absolute() if args.out else work / "out"
@@ -1077,6 +1102,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--image-side", type=int, default=DEFAULT_IMAGE_SIDE,
         help="the proxy processor's longest image side; pair it with the dataset's receipt width",
+    )  # fmt: skip
+    parser.add_argument(
+        "--lr", type=float, default=DEFAULT_LR,
+        help="optimizer.lr of every run (min_lr 0); the default keeps the weights, and so the step costs, in place",
     )  # fmt: skip
     parser.add_argument("--record", default=None, help="folder for the Markdown + JSON record (ci/records)")
     parser.add_argument("--out", default=None, help="logs and summary (default WORK/out)")

@@ -243,10 +243,11 @@ def test_summary_and_markdown(tmp_path: Path) -> None:
 
 
 def test_overhead_margin_follows_the_step_spread_and_decides_the_verdict() -> None:
-    """The 2026-11-27 H200 run: 15 steps each side, 10-12% spread, means 1.456 s and 1.462 s."""
+    """The 2026-11-27 H200 run: 15 steps each side, 10-12% spread, means 1.456 s and 1.462 s (its batches were not
+    recorded per step, so the runs do not pair)."""
     records = {
         name: [
-            {"iteration": i + 1, "tokens": 19500, "seconds": t, "gpus": 1, "flops": 1e14}
+            {"iteration": i + 1, "tokens": 19500 + (i if name == "direct" else 0), "seconds": t, "gpus": 1, "flops": 1}
             for i, t in enumerate(bench_seconds)
         ]
         for name, bench_seconds in {
@@ -267,6 +268,40 @@ def test_overhead_margin_follows_the_step_spread_and_decides_the_verdict() -> No
     assert needed is not None and 150 < needed < 200
     assert bench.steps_to_decide(0.02, margin, 15, 0.02) is None  # on the target: no length decides it
     assert bench.steps_to_decide(0.5, margin, 15, 0.02) == 15  # already decided
+
+
+def _run(seconds: list[float], tokens: list[int]) -> bench.Throughput:
+    records = [
+        {"iteration": i + 1, "tokens": n, "seconds": t, "gpus": 1, "flops": 1e14}
+        for i, (t, n) in enumerate(zip(seconds, tokens, strict=True))
+    ]
+    return bench.throughput(records, 0)
+
+
+def test_runs_that_drew_the_same_batches_pair_by_step() -> None:
+    """Steps that follow their batch (10% spread) pair away that spread; a different batch order does not pair."""
+    tokens = [20000 + 400 * (i % 5) for i in range(15)]
+    direct_seconds = [n / 13000 for n in tokens]
+    jitter = [1.004, 0.997, 1.002, 0.999, 1.003] * 3  # omni3 0.2% slower on average, per-pair spread 0.3%
+    omni3 = _run([d * 1.002 * j for d, j in zip(direct_seconds, jitter, strict=True)], tokens)
+    direct = _run(direct_seconds, tokens)
+    assert bench.paired(omni3, direct)
+    margin = bench.overhead_margin(omni3, direct)
+    value = bench.overhead(omni3.tokens_per_s_per_gpu, direct.tokens_per_s_per_gpu)
+    assert margin < 0.005 and bench.Target("overhead", value, "< 0.02", margin).met is True
+    shuffled = _run(direct_seconds[::-1], tokens[::-1])
+    assert not bench.paired(omni3, shuffled)
+    assert bench.overhead_margin(omni3, shuffled) > 0.02  # unpaired: the batches' own spread counts
+    assert bench.derive({"omni3": omni3, "direct": direct}, None)["overhead_paired"] is True
+
+
+def test_pairs_spread_where_the_router_drifted() -> None:
+    """The 2026-11-27 4-GPU run at the recipe's learning rate: same batches, but the pairs spread by 6%."""
+    omni3 = [4.221, 3.589, 3.683, 4.054, 3.788, 3.799, 3.624, 3.438, 3.311, 3.509, 3.409, 3.514, 3.428, 3.354, 3.322]
+    direct = [3.582, 3.995, 3.716, 4.21, 3.961, 3.431, 3.519, 3.359, 3.384, 3.506, 3.381, 3.358, 3.339, 3.391, 3.456]
+    tokens = [500000 + i for i in range(15)]
+    margin = bench.overhead_margin(_run(omni3, tokens), _run(direct, tokens))
+    assert 0.03 < margin < 0.035
 
 
 def test_markdown_says_how_many_steps_would_decide_an_undecided_overhead(tmp_path: Path) -> None:
