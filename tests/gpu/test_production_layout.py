@@ -35,6 +35,7 @@ from typing import Any
 import pytest
 
 from omni3_sft import run_outputs
+from omni3_shared.hf_checkpoint import tensor_names
 from omni3_shared.manifest import ArtifactKind, read_manifest
 from omni3_shared.publish import staging_path
 from omni3_shared.pytest_plugin import load_script
@@ -43,6 +44,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 PROXY_LAYERS = "M*E"
+VIDEO_EMBEDDER = "vision_model.radio_model.model.patch_generator.video_embedder.weight"
 PROXY_SEQ = 4096
 ITERATIONS = 50
 MEASURED = 5  # the last iterations whose mean loss is compared
@@ -215,6 +217,10 @@ def test_export_of_the_main_default_run_has_every_expert(
     check, accounting = extra["verification"], extra["tensors"]
     assert check["passed"] and check["finite"] and check["image_tokens"] > 0, check
     assert accounting["not_in_reference"] == [], accounting["not_in_reference"][:10]
+    # The CORD recipe trains at temporal_patch_dim 1: the run's model has no temporal video embedder, whose tensor
+    # the export copies from the reference; everything else comes from the model.
+    assert set(accounting["copied_from_reference"]) <= {VIDEO_EMBEDDER}, accounting["copied_from_reference"]
+    assert tensor_names(output) >= tensor_names(root / "models" / "proxy_hf")
     source, exported = expert_tensors(root / "models" / "proxy_hf"), expert_tensors(output)
     assert len(source) == 128 * 2 * PROXY_LAYERS.count("E"), len(source)  # up and down of every routed expert
     assert sorted(exported) == sorted(source)

@@ -29,16 +29,22 @@ def configure(provider: Any, tensor_parallel: int) -> Any:
     return provider
 
 
-def build_model(hf_dir: Path, tensor_parallel: int, lora: Any = None) -> tuple[Any, list]:
+def build_model(
+    hf_dir: Path, tensor_parallel: int, lora: Any = None, temporal_patch_dim: int | None = None
+) -> tuple[Any, list]:
     """The bridge and the eval-mode Megatron model with ``hf_dir``'s weights, wrapped with ``lora`` if given.
 
     ``hf_dir`` is a checkpoint an omni3 tool already accepted (its configuration code runs here).
+    ``temporal_patch_dim``: the vision tower's frames per embedding, where it must match another model's rather
+    than the config's (the CORD recipes train at 1 a checkpoint whose config has a temporal video embedder).
     """
     import torch
     from megatron.bridge import AutoBridge
 
     bridge = AutoBridge.from_hf_pretrained(str(hf_dir), trust_remote_code=True, torch_dtype=torch.bfloat16)
     provider = configure(bridge.to_megatron_provider(load_weights=True), tensor_parallel)
+    if temporal_patch_dim is not None:
+        provider.temporal_patch_dim = temporal_patch_dim
     provider.finalize()
     if lora is not None:
         provider.register_pre_wrap_hook(lambda chunks: lora(chunks, training=False))

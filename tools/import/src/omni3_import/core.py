@@ -8,6 +8,7 @@ not run on a GPU yet. Launch with ``torchrun --nproc-per-node N`` where N is a m
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from omni3_shared.rendezvous import single_process_rendezvous
 
 TOOL = "omni3-import"
 PACKAGES = ("megatron-bridge", "megatron-core", "transformer-engine", "transformers", "torch")
+log = logging.getLogger(TOOL)
 # bf16 text logits of HF NemotronH vs the Megatron language model: mean 0.005 at logit scale 1.5 on the tiny
 # model (H100, 2026-11-26), 0.0268 on the Nano-shaped proxy (4x H200, 2026-11-27); the max is dominated by MoE
 # routing flips near ties, so the mean (relative to the logits' size: omni3_shared.omni_logits) and argmax decide.
@@ -216,6 +218,8 @@ def run_import(
                 f"verification failed: HF vs Megatron logits {describe(verification)} (the bar: {BAR})",
                 fix="check the checkpoint and the transformers version; nothing was written",
             )
+        if dist.get_rank() == 0:
+            log.info("verified: HF vs Megatron text logits, %s", describe(verification))
         reference, _ = multimodal_logits(model, hf_path)
         reference = reference.cpu()
     output = settings.resolve_path(settings.megatron_path).absolute()
@@ -254,6 +258,8 @@ def run_import(
                     f"from the converted model's ({describe(written)}, finite {written['finite']})",
                     fix=logit_mismatch_fix(hf_path, "check the free disk space and rerun; nothing was written"),
                 )
+            log.info("verified: the written checkpoint vs the converted model on image + audio + text, %s",
+                     describe(written))  # fmt: skip
         staging.extra.update(
             {
                 "tensor_parallel_size": settings.tensor_parallel_size,
