@@ -383,9 +383,9 @@ def paired(omni3: Throughput, direct: Throughput) -> bool:
 def overhead_margin(omni3: Throughput, direct: Throughput) -> float:
     """Two standard errors of ``overhead`` (about 95%).
 
-    overhead = 1 - r with r the ratio of the two throughputs. When the runs drew the same batches (``paired``),
-    r is the mean of the per-step ratios direct / omni3 step time, and its error comes from their spread: the
-    batches' own spread cancels. Else the two runs' relative errors of their mean step time add in quadrature.
+    overhead = 1 - r with r the ratio of the two throughputs. When the runs drew the same batches (``paired``), r's
+    error is that of the mean of the per-step ratios direct / omni3 step time, from their spread: the batches' own
+    spread cancels. Else the two runs' relative errors of their mean step time add in quadrature.
     Pairing only helps where a step's time follows its batch: at the recipe's learning rate the proxy's random
     router drifted during the run and the pairs spread by 6% (4 GPUs, 2026-11-27), hence ``DEFAULT_LR``.
     """
@@ -767,6 +767,8 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         value, margin = _fmt(target["value"], percent=True), target.get("margin")
         if margin is not None and target["value"] is not None:
             value += f" ± {_fmt(margin, percent=True)}"
+            if target["name"].startswith("omni3 overhead") and results.get("overhead_paired"):
+                value += " (steps paired by batch)"
         met = {True: "yes", False: "**no**", None: "not measured"}[target["met"]]
         if target["met"] is None and margin is not None and target["value"] is not None:
             needed = results.get("overhead_steps_to_decide")

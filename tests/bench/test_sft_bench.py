@@ -312,6 +312,8 @@ def test_markdown_says_how_many_steps_would_decide_an_undecided_overhead(tmp_pat
     assert "| omni3 overhead vs direct | 1.0% ± 5.0% | < 0.02 | **not shown** (" in text
     assert "about 500 measured steps per run would decide it" in text
     assert "overhead_steps_to_decide 500" in text  # a count, not a percentage
+    summary["results"].update(overhead_paired=True)
+    assert "| 1.0% ± 5.0% (steps paired by batch) |" in bench.render_markdown(summary)
 
 
 def test_markdown_reports_a_failed_phase(tmp_path: Path) -> None:
