@@ -15,7 +15,7 @@ max and mean error go into the manifest, and a mismatch fails the run with nothi
 --verify of a TP1 checkpoint passed (H200, 2026-11-26, 519/519 tensors, identical logits,
 ci/records/2026-11-26-gpu-late.md), and so did the cross-layout load of checkpoints omni3-import wrote at TP2 and
 at EP2 (4x H200, 2026-11-26, ci/records/2026-11-26-gpu-x4.md). A trained run's export failed on 4x H200
-(2026-11-27, ci/records/2026-11-27-gpu-x4-layout.md): its model had no temporal video embedder, the export
+(2026-11-27, ci/records/2026-11-27-gpu-x4-layout-2.md): its model had no temporal video embedder, the export
 lacked that tensor and the check built one from the config; both fixed since, not yet run on a GPU.
 """
 
