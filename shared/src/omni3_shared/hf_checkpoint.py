@@ -38,21 +38,16 @@ def copy_missing_tensors(reference: Path, target: Path) -> list[str]:
     from safetensors.torch import save_file
 
     reference, target = Path(reference), Path(target)
-    present = tensor_names(target)
+    located = {name: shard.name for shard in target.glob("*.safetensors") for name in tensor_names_of(shard)}
     carried: dict[str, Any] = {}
     for shard in sorted(reference.glob("*.safetensors")):
         with safe_open(str(shard), framework="pt") as handle:
-            carried.update({name: handle.get_tensor(name) for name in handle.keys() if name not in present})  # noqa: SIM118 (no __iter__)
+            carried.update({name: handle.get_tensor(name) for name in handle.keys() if name not in located})  # noqa: SIM118 (no __iter__)
     if not carried:
         return []
     index_path = target / INDEX_FILE
-    if index_path.exists():
-        index = json.loads(index_path.read_text())
-    else:  # a single model.safetensors: with an index, it and the new shard load as one checkpoint
-        index = {
-            "metadata": {},
-            "weight_map": {n: s.name for s in target.glob("*.safetensors") for n in tensor_names_of(s)},
-        }
+    # A single model.safetensors has no index: one naming it and the new shard makes them one checkpoint.
+    index = json.loads(index_path.read_text()) if index_path.exists() else {"metadata": {}, "weight_map": located}
     save_file(carried, str(target / CARRIED_SHARD), metadata={"format": "pt"})
     metadata = index.setdefault("metadata", {})
     if "total_size" in metadata:

@@ -20,12 +20,12 @@ from typing import Any
 import yaml
 
 from omni3_shared.errors import InvalidInputError, Omni3Error, UsageError
+from omni3_shared.hf_checkpoint import INDEX_FILE
 from omni3_shared.manifest import ArtifactKind, describe_input
 from omni3_shared.plan import Plan
 from omni3_shared.training_run import RUN_CONFIG_FILE, saved_iteration
 
 OMNI_ARCHITECTURE = "NemotronH_Nano_Omni_Reasoning_V3"
-INDEX_FILE = "model.safetensors.index.json"
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
+from omni3_shared.hf_checkpoint import INDEX_FILE
 from omni3_shared.manifest import ArtifactKind, tool_info
 from omni3_shared.publish import publish_artifact
 
@@ -146,7 +147,7 @@ def make_lora_base() -> Callable[..., Path]:
         shard = "model-00001-of-00001.safetensors"
         save_file(tensors, str(path / shard))
         index = {"metadata": {}, "weight_map": dict.fromkeys(tensors, shard)}
-        (path / "model.safetensors.index.json").write_text(json.dumps(index))
+        (path / INDEX_FILE).write_text(json.dumps(index))
         (path / "config.json").write_text(json.dumps({"architectures": [architecture], "llm_config": {}}))
         return path
 

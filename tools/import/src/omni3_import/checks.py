@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from omni3_shared.errors import InvalidInputError, UsageError
+from omni3_shared.hf_checkpoint import INDEX_FILE
 
 OMNI_ARCHITECTURE = "NemotronH_Nano_Omni_Reasoning_V3"
-INDEX_FILE = "model.safetensors.index.json"
 HEADER_LENGTH_BYTES = 8
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors refuses larger headers too
 

@@ -22,6 +22,7 @@ from omni3_import.tiny_model import remote
 from omni3_import.tiny_model.spec import TinyOmniSpec
 from omni3_import.tiny_model.tokenizer import save_tokenizer
 from omni3_import.tiny_model.weights import iter_vision_state, small_state
+from omni3_shared.hf_checkpoint import INDEX_FILE
 
 BUILTIN_NAME = "tiny"
 TINY_RECORD = "omni3-tiny.json"
@@ -149,5 +150,5 @@ def _write_weights(
         weight_map.update(dict.fromkeys(group, name))
         total_size += sum(t.numel() * t.element_size() for t in group.values())
     index_doc = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
-    (output_dir / "model.safetensors.index.json").write_text(json.dumps(index_doc, indent=2) + "\n")
+    (output_dir / INDEX_FILE).write_text(json.dumps(index_doc, indent=2) + "\n")
     return shards
