@@ -18,7 +18,7 @@ class ExportSettings(ToolSettings):
     """Reference HF checkpoint for config, tokenizer and processor files; unset: the one the input recorded."""
 
     strict: bool = False
-    """Fail on tensors the bridge regenerates from config instead of listing them in the manifest."""
+    """Fail when the model lacks a reference tensor (else copied from the reference) or exports an extra one."""
 
     verify: bool = True
     """Compare logits of the Megatron source and the exported model on a fixed multimodal batch."""
