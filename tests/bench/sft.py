@@ -4,7 +4,8 @@
                               [--seq 4096] [--micro-batch 4] [--micro-batches 8] [--workers 8]
                               [--profile N] [--record ci/records] [--out DIR]
 
-What it measures, each phase in its own subprocess with its own log file in --out and its own time budget:
+What it measures, each phase in its own subprocess with its own log file in --out and its own time budget; no
+process of a phase (torchrun's workers included) outlives it into the next one:
 
 - ``peak``: the card's bf16 matrix peak, a torch 8192^3 matmul loop timed with CUDA events (GPU 0).
 - ``build``: the proxy HF checkpoint, written by the project's own builder (``build_tiny_omni``) with the real
@@ -45,7 +46,6 @@ import os
 import platform
 import shlex
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -61,6 +61,7 @@ import yaml
 
 from omni3_sft import model_shape, preflight, run_outputs, stage_config
 from omni3_sft.settings import SftSettings
+from omni3_shared import processes
 from omni3_shared.publish import staging_path
 
 HERE = Path(__file__).resolve().parent
@@ -514,9 +515,9 @@ def tail(path: Path, lines: int = 15) -> str:
 
 
 def run_phase(phase: Phase, env: Mapping[str, str], cwd: Path, finished: Callable[[], bool] | None = None) -> Phase:
-    """Run ``phase.command`` with its output in ``phase.log``; past its budget the whole process group dies.
+    """Run ``phase.command`` with its output in ``phase.log``; past its budget it ends, with every process it started.
 
-    ``finished``: polled while it runs; once true the work that is measured is done, and the process group is
+    ``finished``: polled while it runs; once true the work that is measured is done, and the phase's processes are
     killed at once (status "stopped") rather than left to save its final checkpoint (two minutes of a 2.88B-parameter
     full-SFT proxy with its Adam states, on 4 H100s, 2026-11-27).
     """
@@ -526,7 +527,7 @@ def run_phase(phase: Phase, env: Mapping[str, str], cwd: Path, finished: Callabl
     with log_path.open("w") as out:
         out.write(f"# {datetime.now(timezone.utc).isoformat()} {shlex.join(phase.command)}\n")
         out.flush()
-        # Own session: the budget kill reaches torchrun's workers and the dataloader processes too.
+        # Own session: its SIGTERM goes to torchrun, which passes it on (omni3_shared.processes).
         process = subprocess.Popen(
             phase.command, stdout=out, stderr=subprocess.STDOUT, env=dict(env), cwd=cwd, start_new_session=True
         )
@@ -538,10 +539,10 @@ def run_phase(phase: Phase, env: Mapping[str, str], cwd: Path, finished: Callabl
             except subprocess.TimeoutExpired:
                 if finished is not None and finished():
                     phase.status = "stopped"
-                    _kill_group(process, ((signal.SIGKILL, 10),))  # SIGTERM would make omni3-sft save first
+                    _end_phase(process, processes.AT_ONCE)  # SIGTERM would make omni3-sft save first
                 elif time.monotonic() - started >= phase.budget_s:
                     phase.status = "timeout"
-                    _kill_group(process)
+                    _end_phase(process, processes.GENTLE)
                 else:
                     continue
                 phase.returncode = process.returncode
@@ -560,25 +561,15 @@ def run_phase(phase: Phase, env: Mapping[str, str], cwd: Path, finished: Callabl
     return phase
 
 
+def _end_phase(process: subprocess.Popen, steps: Sequence[tuple[int, int]]) -> None:
+    """The phase and every process it started (torchrun's workers too) end before the next phase starts."""
+    if survivors := processes.end_process_tree(process, steps):
+        log(f"processes {survivors} outlived SIGKILL; the next phase may share the GPUs with them")
+
+
 def recorded_through(metrics: Path, iteration: int) -> Callable[[], bool]:
     """True once ``metrics`` holds a record of ``iteration`` or later."""
     return lambda: any(record["iteration"] >= iteration for record in read_records(metrics))
-
-
-GENTLE_KILL = ((signal.SIGTERM, 20), (signal.SIGKILL, 10))  # (signal, seconds to wait for the exit)
-
-
-def _kill_group(process: subprocess.Popen, steps: Sequence[tuple[int, int]] = GENTLE_KILL) -> None:
-    for sig, wait in steps:
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def skip(phase: Phase, reason: str) -> Phase:
@@ -1079,7 +1070,8 @@ def run_bench(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     if args.record:
         record_dir = Path(args.record)
         record_dir.mkdir(parents=True, exist_ok=True)
-        stem = f"sft-bench-{datetime.now(timezone.utc).strftime('%Y%m%d')}-{workload.gpus}gpu"
+        # Date and time: a second run on the same day must not overwrite the first one's record.
+        stem = f"sft-bench-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M')}-{workload.gpus}gpu"
         (record_dir / f"{stem}.md").write_text(markdown)
         (record_dir / f"{stem}.json").write_text(json.dumps(summary, indent=2) + "\n")
         log(f"recorded {record_dir / stem}.md")

@@ -15,6 +15,7 @@ import yaml
 
 from omni3_sft import model_shape, preflight, stage_config
 from omni3_sft.settings import SftSettings
+from omni3_shared import processes
 from omni3_shared.pytest_plugin import load_script
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -361,6 +362,35 @@ def test_a_training_phase_is_stopped_once_its_last_iteration_is_recorded(tmp_pat
     assert "final checkpoint save is not measured" in phase.detail
     assert [r["iteration"] for r in bench.read_records(metrics)] == [1, 2, 3]
     assert not bench.recorded_through(metrics, 4)()  # a record short of the last one does not stop it
+
+
+TORCHRUN_WORKER = """
+import json, os, subprocess, sys, time
+from pathlib import Path
+metrics, pids = Path(sys.argv[1]), Path(sys.argv[2])
+# A helper in a session of its own, as torchrun starts this worker in one: a kill of any one group misses it.
+helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+pids.write_text(json.dumps([os.getpid(), helper.pid]))
+for iteration in (1, 2, 3):
+    with metrics.open("a") as out:
+        out.write(json.dumps({"iteration": iteration}) + "\\n")
+time.sleep(120)  # the final checkpoint save
+"""
+
+
+def test_a_stopped_torchrun_phase_leaves_no_worker_behind(tmp_path: Path) -> None:
+    """torchrun starts each worker in a session of its own, so a kill of torchrun's group left the worker to save
+    its checkpoint while the next phase was measured (the 1-GPU bench of 2026-11-27)."""
+    metrics, pids = tmp_path / "metrics.jsonl", tmp_path / "pids.json"
+    worker = tmp_path / "worker.py"
+    worker.write_text(TORCHRUN_WORKER)
+    command = bench.torchrun(1, str(worker), str(metrics), str(pids))
+    phase = bench.Phase("train", command, str(tmp_path / "train.log"), 120)
+    bench.run_phase(phase, dict(os.environ), tmp_path, bench.recorded_through(metrics, 3))
+    assert phase.status == "stopped", (tmp_path / "train.log").read_text()[-2000:]
+    worker_and_helper = json.loads(pids.read_text())
+    assert len(worker_and_helper) == 2
+    assert not [pid for pid in worker_and_helper if processes.alive(pid)]
 
 
 def test_cli_refuses_a_bad_pattern() -> None:

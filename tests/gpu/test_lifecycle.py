@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from omni3_shared import processes
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 
@@ -42,7 +43,7 @@ def run_driver(work: Path, label: str, nproc: int, tp: int, ep: int, *extra: str
         str(29600 + tp * 10 + ep), str(DRIVER), "--work", str(work / label), "--hf", str(work / "hf"),
         "--tp", str(tp), "--ep", str(ep), "--report", str(report), *extra,
     ]  # fmt: skip
-    completed = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy(), timeout=1200)
+    completed = processes.run_to_end(command, 1200, capture_output=True, text=True, env=os.environ.copy())
     (work / f"{label}.log").write_text(completed.stdout + completed.stderr)
     assert report.is_file(), completed.stderr[-3000:]
     return json.loads(report.read_text())

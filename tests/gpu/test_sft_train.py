@@ -25,6 +25,8 @@ from typing import Any
 
 import pytest
 
+from omni3_shared import processes
+
 pytestmark = pytest.mark.gpu
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,8 +93,8 @@ def command(module: str, nproc: int) -> list[str]:
 
 def tool(store: Path, module: str, *args: str, run: str = "tool", nproc: int = 1) -> subprocess.CompletedProcess:
     started = time.monotonic()
-    result = subprocess.run(
-        [*command(module, nproc), *args], env=environment(store, run), capture_output=True, text=True, timeout=1200
+    result = processes.run_to_end(  # a timeout ends torchrun's workers too
+        [*command(module, nproc), *args], 1200, env=environment(store, run), capture_output=True, text=True
     )
     log(f"{module} {' '.join(args)} (run {run}, {nproc} GPU): exit {result.returncode} in "
         f"{time.monotonic() - started:.0f} s")  # fmt: skip

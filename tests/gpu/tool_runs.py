@@ -7,12 +7,12 @@ on the CPU.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from omni3_shared import processes
 from omni3_shared.rendezvous import free_port
 
 
@@ -60,9 +60,10 @@ def run_tool(
     log, live_out, live_err = (folder / f"{label}{suffix}" for suffix in (".log", ".out", ".err"))
     started = time.monotonic()
     with live_out.open("w") as out, live_err.open("w") as err:
-        completed = subprocess.run(command, stdout=out, stderr=err, text=True, timeout=timeout, check=False,
-                                   env=os.environ | {"OMNI3_STORAGE_ROOT": str(root), "PYTHONUNBUFFERED": "1"}
-                                   | (env or {}))  # fmt: skip
+        # run_to_end: a timeout ends torchrun's workers too, so the next test does not find the GPUs taken.
+        completed = processes.run_to_end(command, timeout, stdout=out, stderr=err, text=True,
+                                         env=os.environ | {"OMNI3_STORAGE_ROOT": str(root), "PYTHONUNBUFFERED": "1"}
+                                         | (env or {}))  # fmt: skip
     stdout, stderr = live_out.read_text(), live_err.read_text()
     log.write_text(f"$ {' '.join(command)}\nexit {completed.returncode}\n--- stdout\n{stdout}\n--- stderr\n{stderr}")
     live_out.unlink()
