@@ -104,3 +104,12 @@ def test_a_zombie_is_not_alive() -> None:
     assert not processes.alive(process.pid)  # ended, not yet reaped
     process.wait()
     assert not processes.alive(process.pid)
+
+
+def test_an_ended_and_reaped_command_is_not_walked_again() -> None:
+    """Its pid may already belong to another process: nothing is signalled."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"], start_new_session=True)
+    process.wait()
+    started = time.monotonic()
+    assert processes.end_process_tree(process, processes.GENTLE) == []
+    assert time.monotonic() - started < 1

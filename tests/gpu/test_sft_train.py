@@ -12,7 +12,6 @@ LoRA run from ``$OMNI3_GPU_STORE/runs/image_text_peft``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -217,14 +216,13 @@ def _interrupt(store: Path, run: str, at_iteration: int, sig: int) -> subprocess
         time.sleep(0.2)
     log(f"{run}: sending signal {sig} at iteration {_staged_iteration(store, run)}")
     if sig == signal.SIGKILL:
-        os.killpg(process.pid, sig)
+        processes.end_process_tree(process, processes.AT_ONCE)
     else:
         process.send_signal(sig)
     try:
         stdout, stderr = process.communicate(timeout=600)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)  # nothing of it outlives the test
+        processes.end_process_tree(process, processes.AT_ONCE)  # nothing of it outlives the test
     (Path(os.environ.get("OUT", store)) / "runs" / f"{run}-interrupted.log").write_text(stdout + "\n" + stderr)
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 

@@ -53,13 +53,16 @@ def end_process_tree(process: subprocess.Popen, steps: Sequence[tuple[int, int]]
     it runs. Returns the processes that outlived every step (an empty list when all ended)."""
     tree: list[int] = []
     for sig, wait in steps:
-        # Processes an earlier step orphaned are no longer below the root: keep them from the earlier walk.
-        tree += [pid for pid in process_tree(process.pid) if pid not in tree]
+        # Processes an earlier step orphaned are no longer below the root: keep them from the earlier walk. A root
+        # already reaped is neither walked nor signalled: its pid may belong to another process by now.
+        running = process.poll() is None
+        if running:
+            tree += [pid for pid in process_tree(process.pid) if pid not in tree]
         if sig == signal.SIGKILL:
             for pid in tree:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, sig)
-        else:
+        elif running:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, sig)
         deadline = time.monotonic() + wait
