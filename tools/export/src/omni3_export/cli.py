@@ -48,7 +48,8 @@ class ExportCommands(ToolCommands):
             megatron_path: Megatron checkpoint to convert (OMNI3_MEGATRON_PATH).
             hf_path: output directory for the HF checkpoint (OMNI3_HF_PATH).
             hf_model: reference HF checkpoint for config and tokenizer (OMNI3_HF_MODEL).
-            strict: fail when the model lacks a reference tensor (else copied from the reference) (OMNI3_STRICT).
+            strict: fail when the model lacks a reference tensor (else copied from the reference) or exports an
+                extra one (OMNI3_STRICT).
             verify: compare logits of source and export (OMNI3_VERIFY, default true).
             settings_file: YAML file of settings, below flags and environment (OMNI3_SETTINGS_FILE).
             force: replace a complete artifact at --hf-path.

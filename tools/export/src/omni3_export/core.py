@@ -16,7 +16,8 @@ max and mean error go into the manifest, and a mismatch fails the run with nothi
 ci/records/2026-11-26-gpu-late.md), and so did the cross-layout load of checkpoints omni3-import wrote at TP2 and
 at EP2 (4x H200, 2026-11-26, ci/records/2026-11-26-gpu-x4.md). A trained run's export failed on 4x H200
 (2026-11-27, ci/records/2026-11-27-gpu-x4-layout-2.md): its model had no temporal video embedder, the export
-lacked that tensor and the check built one from the config; both fixed since, not yet run on a GPU.
+lacked that tensor and the check built one from the config. With the copy and the source's temporal_patch_dim it
+passed on 4x H200 (2026-11-27, ci/records/2026-11-27-gpu-x4-export-bench.md).
 """
 
 from __future__ import annotations

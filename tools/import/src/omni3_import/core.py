@@ -2,8 +2,9 @@
 
 The Megatron-Bridge calls are the ones ``tests/gpu/lifecycle_driver.py`` proved on H100s (see
 ci/records/2026-11-26-lifecycle-gpu.md): from_hf_pretrained -> provider (TP/EP, dtype, fused attention,
-no gradient-accumulation fusion) -> provide_distributed_model -> save_megatron_model. This module itself has
-not run on a GPU yet. Launch with ``torchrun --nproc-per-node N`` where N is a multiple of TP and of EP.
+no gradient-accumulation fusion) -> provide_distributed_model -> save_megatron_model. This module has run on
+H200s at TP1, TP2, EP2 and TP2 x EP4 (ci/records/2026-11-26-gpu-x4.md, 2026-11-27-gpu-x4-export-bench.md).
+Launch with ``torchrun --nproc-per-node N`` where N is a multiple of TP and of EP.
 """
 
 from __future__ import annotations
