@@ -2,7 +2,7 @@
 
     python tests/bench/sft.py --gpus 1|4 --dataset DIR --work DIR [--iters 30] [--warmup 5] [--layers M*E]
                               [--seq 4096] [--micro-batch 4] [--micro-batches 8] [--workers 8]
-                              [--profile N] [--record ci/records] [--out DIR]
+                              [--rounds N] [--profile N] [--record ci/records] [--out DIR]
 
 What it measures, each phase in its own subprocess with its own log file in --out and its own time budget; no
 process of a phase (torchrun's workers included) outlives it into the next one:
@@ -17,6 +17,10 @@ process of a phase (torchrun's workers included) outlives it into the next one:
   from the run's ``metrics.jsonl`` (one record per iteration, log_interval 1), warm-up iterations skipped.
 - ``direct``: ``tests/bench/sft_direct.py``: the upstream recipe function, the same field assignments, upstream's
   ``finetune`` with upstream's Omni forward step and a minimal per-step timer (same workload, same data).
+- ``omni3-rK``, ``direct-rK`` (only with --rounds N, K = 2..N): the same two runs again, direct first in even
+  rounds (omni3, direct, direct, omni3, ...), so that the overhead's margin includes how much a run's speed
+  changes from one launch to the next (the same code ran 8% faster than direct in one session and 6% slower in
+  the next, 1 GPU, 2026-11-27) and a drift over the session cancels.
 - ``omni3-1gpu`` (only with --gpus 4): the same proxy on one GPU with the same micro batch, sequence length
   and micro batches per GPU per step, for the scaling efficiency.
 - ``profile`` (only with --profile N): the direct driver on one GPU, its last N steps under torch.profiler
@@ -29,7 +33,9 @@ way omni3's metrics count them; ``padding_share`` says how much padding the mode
 MFU = TFLOP/s/GPU / measured peak, omni3's overhead = 1 - omni3 tokens/s / direct tokens/s
 (``overhead_median_step``: the same from the median step times, which leave a late batch out) with its margin
 (``overhead_margin``: two standard errors, from the per-step ratios when both runs drew the same batches, else from
-both runs' step-to-step spread; the overhead target counts as met or missed only outside it, else "not shown"),
+both runs' step-to-step spread; with --rounds the mean over the rounds, its margin the larger of the rounds'
+combined margins and two standard errors of the rounds' overheads; the overhead target counts as met or missed only
+outside it, else "not shown"),
 scaling efficiency = 4-GPU tokens/s/GPU / 1-GPU tokens/s/GPU, data wait = the share of the time rank 0's forward
 step waited for the data loader (``--workers`` processes per rank). Writes ``summary.json`` and ``summary.md`` into
 --out and, with --record, a Markdown + JSON record into that folder (ci/records/).
@@ -44,6 +50,7 @@ import json
 import math
 import os
 import platform
+import re
 import shlex
 import shutil
 import statistics
@@ -102,6 +109,7 @@ MATMUL_WARMUP = 20
 MATMUL_ITERS = 100
 MATMUL_REPEATS = 5
 
+ROUND_SUFFIX = re.compile(r"-r\d+$")  # "omni3-r2": the second round's omni3 run (--rounds)
 GOOD_STATUSES = ("ok", "stopped", "reused")  # a phase that did its work ("stopped": once it had, see run_phase)
 PHASE_POLL_SECONDS = 2.0  # how often a running phase is checked for its end, its budget and its last record
 
@@ -398,12 +406,69 @@ def overhead_margin(omni3: Throughput, direct: Throughput) -> float:
 
 
 def steps_to_decide(value: float, margin: float, steps: int, goal: float) -> int | None:
-    """Measured steps per run that would shrink ``margin`` (which falls as 1/sqrt(steps)) to the distance between
-    ``value`` and ``goal``; None when the value sits on the goal."""
+    """Measured steps per run (or rounds, given a margin from rounds) that would shrink ``margin``, which falls as
+    1/sqrt(their number), to the distance between ``value`` and ``goal``; None when the value sits on the goal."""
     distance = abs(goal - value)
     if distance <= 0 or not math.isfinite(margin) or steps <= 0:
         return None
     return max(steps, math.ceil(steps * (margin / distance) ** 2))
+
+
+def round_runs(rounds: int) -> list[str]:
+    """The omni3 and direct runs of ``rounds`` rounds in the order they run: direct first in even rounds."""
+    order: list[str] = []
+    for number in range(1, rounds + 1):
+        suffix = "" if number == 1 else f"-r{number}"
+        pair = [f"omni3{suffix}", f"direct{suffix}"]
+        order += pair if number % 2 else pair[::-1]
+    return order
+
+
+def budget_name(run: str) -> str:
+    """The BUDGETS entry of a phase: a later round's run has its first round's budget."""
+    return ROUND_SUFFIX.sub("", run)
+
+
+def round_pairs(runs: Mapping[str, Throughput | None]) -> list[tuple[Throughput, Throughput]]:
+    """(omni3, direct) of every round in which both runs produced numbers."""
+    pairs = []
+    for name, omni3 in runs.items():
+        if budget_name(name) == "omni3" and omni3 is not None:
+            direct = runs.get("direct" + name.removeprefix("omni3"))
+            if direct is not None:
+                pairs.append((omni3, direct))
+    return pairs
+
+
+def overhead_over_rounds(pairs: Sequence[tuple[Throughput, Throughput]]) -> dict[str, Any]:
+    """The overhead as the mean of the rounds' overheads, with a margin that covers both kinds of noise.
+
+    Within a round: each pair's ``overhead_margin``, combined (they fall as 1/sqrt(rounds)). Between rounds: two
+    standard errors of the rounds' overheads, which carry what pairing by batch cannot see, that one launch of a
+    process runs a few percent faster or slower than the next. The margin is the larger of the two.
+    """
+    values = [overhead(o.tokens_per_s_per_gpu, d.tokens_per_s_per_gpu) for o, d in pairs]
+    within = math.sqrt(sum(overhead_margin(o, d) ** 2 for o, d in pairs)) / len(pairs)
+    between = 2 * statistics.stdev(values) / math.sqrt(len(values))
+    value = statistics.fmean(values)
+    found: dict[str, Any] = {
+        "overhead": _round(value, 4),
+        "overhead_margin": _round(max(within, between), 4),
+        "overhead_rounds": [_round(v, 4) for v in values],
+        "overhead_margin_within_rounds": _round(within, 4),
+        "overhead_margin_between_rounds": _round(between, 4),
+    }
+    if between > within:
+        needed = steps_to_decide(value, between, len(values), TARGET_OVERHEAD)
+        if needed is not None:
+            found["overhead_rounds_to_decide"] = needed
+    return found
+
+
+def launch_spread(runs: Sequence[Throughput]) -> float:
+    """How far the fastest of several launches of the same run is ahead of the slowest (0.05: 5% faster)."""
+    speeds = [run.tokens_per_s_per_gpu for run in runs]
+    return max(speeds) / min(speeds) - 1 if len(speeds) > 1 and min(speeds) > 0 else math.nan
 
 
 def scaling_efficiency(multi_tokens_per_s_per_gpu: float, single_tokens_per_s_per_gpu: float) -> float:
@@ -457,18 +522,30 @@ def derive(runs: Mapping[str, Throughput | None], peak_tflops: float | None) -> 
         results["mfu"] = _round(mfu(omni3.tflops_per_gpu, peak_tflops), 4)
     if direct and peak_tflops:
         results["mfu_direct"] = _round(mfu(direct.tflops_per_gpu, peak_tflops), 4)
-    if omni3 and direct:
-        results["overhead"] = _round(overhead(omni3.tokens_per_s_per_gpu, direct.tokens_per_s_per_gpu), 4)
-        results["overhead_margin"] = _round(overhead_margin(omni3, direct), 4)
-        results["overhead_paired"] = paired(omni3, direct)
+    pairs = round_pairs(runs)
+    if len(pairs) > 1:
+        results.update(overhead_over_rounds(pairs))
+        results["overhead_paired"] = all(paired(o, d) for o, d in pairs)
+        results["overhead_median_step"] = _round(
+            statistics.fmean(overhead(1 / o.median_step_seconds, 1 / d.median_step_seconds) for o, d in pairs), 4
+        )
+        results["launch_spread_omni3"] = _round(launch_spread([o for o, _ in pairs]), 4)
+        results["launch_spread_direct"] = _round(launch_spread([d for _, d in pairs]), 4)
+    elif pairs:
+        first_omni3, first_direct = pairs[0]
+        results["overhead"] = _round(overhead(first_omni3.tokens_per_s_per_gpu, first_direct.tokens_per_s_per_gpu), 4)
+        results["overhead_margin"] = _round(overhead_margin(first_omni3, first_direct), 4)
+        results["overhead_paired"] = paired(first_omni3, first_direct)
         if results["overhead"] is not None and results["overhead_margin"] is not None:
-            needed = steps_to_decide(results["overhead"], results["overhead_margin"], omni3.steps, TARGET_OVERHEAD)
+            needed = steps_to_decide(
+                results["overhead"], results["overhead_margin"], first_omni3.steps, TARGET_OVERHEAD
+            )
             if needed is not None:
                 results["overhead_steps_to_decide"] = needed
         # Both runs draw the same batches in the same order: the median step time is the same comparison with
         # the slow outliers (a late batch, a hiccup) left out.
         results["overhead_median_step"] = _round(
-            overhead(1 / omni3.median_step_seconds, 1 / direct.median_step_seconds), 4
+            overhead(1 / first_omni3.median_step_seconds, 1 / first_direct.median_step_seconds), 4
         )
     if single and peak_tflops:
         results["mfu_1gpu"] = _round(mfu(single.tflops_per_gpu, peak_tflops), 4)
@@ -651,7 +728,7 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def notes(workload: Workload) -> list[str]:
+def notes(workload: Workload, rounds: int = 1) -> list[str]:
     notes = [
         "tokens/s counts the samples' tokens in the batches the forward step draws (the collate's attention mask), "
         "as omni3's metrics do; padding is left out of tokens and FLOPs and shown as its share of the positions the "
@@ -675,6 +752,13 @@ def notes(workload: Workload) -> list[str]:
         "a training phase is stopped (SIGKILL) once its last iteration is recorded: its final checkpoint save "
         "(about 2 minutes for this proxy with its Adam states) is not measured; --keep-runs lets it finish",
     ]
+    if rounds > 1:
+        notes.append(
+            f"rounds: omni3 and direct ran {rounds} times each, alternating (omni3, direct, direct, omni3, ...); the "
+            "overhead is the mean of the rounds' overheads, its margin the larger of their combined step-pair margins "
+            "and two standard errors of the rounds' overheads (what one launch's speed differs from the next); "
+            "launch_spread: the fastest launch of a run over its slowest, less 1"
+        )
     if workload.gpus > 1:
         notes.append(
             f"scaling: the 1-GPU baseline runs the same proxy with the same micro batch ({workload.micro_batch}), "
@@ -709,7 +793,7 @@ def build_summary(
             {"name": t.name, "value": t.value, "margin": t.margin, "goal": t.goal, "met": t.met}
             for t in targets(results, workload.gpus)
         ],
-        "notes": notes(workload),
+        "notes": notes(workload, len([name for name in runs if budget_name(name) == "omni3"])),
     }
 
 
@@ -721,8 +805,25 @@ def _fmt(value: Any, percent: bool = False) -> str:
     return f"{value:,.1f}" if isinstance(value, float) else str(value)
 
 
+def _derived(value: Any) -> str:
+    """A derived number: a share as a percentage, a count as it is, a list of shares each as a percentage."""
+    if isinstance(value, list):
+        return "[" + ", ".join(_derived(item) for item in value) + "]"
+    return _fmt(value, percent=isinstance(value, float))
+
+
 def _log_name(path: str) -> str:
     return f"`{Path(path).name}`" if path else "-"
+
+
+def overhead_basis(results: Mapping[str, Any]) -> str:
+    """What the overhead's value and margin rest on, for its row of the targets table."""
+    rounds = results.get("overhead_rounds")
+    paired_steps = "steps paired by batch" if results.get("overhead_paired") else ""
+    if rounds:
+        each = ", ".join(_fmt(value, percent=True) for value in rounds)
+        return f" ({len(rounds)} rounds: {each}{'; ' + paired_steps if paired_steps else ''})"
+    return f" ({paired_steps})" if paired_steps else ""
 
 
 def render_markdown(summary: Mapping[str, Any]) -> str:
@@ -758,20 +859,25 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         value, margin = _fmt(target["value"], percent=True), target.get("margin")
         if margin is not None and target["value"] is not None:
             value += f" ± {_fmt(margin, percent=True)}"
-            if target["name"].startswith("omni3 overhead") and results.get("overhead_paired"):
-                value += " (steps paired by batch)"
+            if target["name"].startswith("omni3 overhead"):
+                value += overhead_basis(results)
         met = {True: "yes", False: "**no**", None: "not measured"}[target["met"]]
         if target["met"] is None and margin is not None and target["value"] is not None:
-            needed = results.get("overhead_steps_to_decide")
-            more = f"about {needed} measured steps per run" if needed else "more measured steps"
+            rounds, needed = results.get("overhead_rounds_to_decide"), results.get("overhead_steps_to_decide")
+            more = (
+                f"about {rounds} rounds"
+                if rounds
+                else f"about {needed} measured steps per run"
+                if needed
+                else "more measured steps"
+            )
             met = f"**not shown** (the margin straddles the target: {more} would decide it)"
         lines.append(f"| {target['name']} | {value} | {target['goal']} | {met} |")
     extra = {k: v for k, v in results.items() if k not in {t["name"] for t in summary["targets"]}}
     if extra:
         lines += [
             "",
-            "All derived numbers: "
-            + ", ".join(f"{k} {_fmt(v, percent=isinstance(v, float))}" for k, v in extra.items()),
+            "All derived numbers: " + ", ".join(f"{k} {_derived(v)}" for k, v in extra.items()),
         ]
     profile = summary.get("profile")
     if profile:
@@ -821,7 +927,7 @@ class Context:
     phases: list[Phase] = field(default_factory=list)
 
     def phase(self, name: str, command: list[str]) -> Phase:
-        budget = int(BUDGETS[name] * self.args.budget_scale)
+        budget = int(BUDGETS[budget_name(name)] * self.args.budget_scale)
         phase = Phase(name, command, str(self.out / f"{name}.log"), budget)
         self.phases.append(phase)
         return phase
@@ -928,17 +1034,19 @@ def direct_command(
     ]  # fmt: skip
 
 
-def direct_run(ctx: Context, workload: Workload, hf: Path, megatron: Path, yaml_path: Path) -> Throughput | None:
-    run_dir = ctx.work / "runs" / "direct"
+def direct_run(
+    ctx: Context, name: str, workload: Workload, hf: Path, megatron: Path, yaml_path: Path
+) -> Throughput | None:
+    run_dir = ctx.work / "runs" / name
     shutil.rmtree(run_dir, ignore_errors=True)  # no resume from an earlier bench: every step is measured fresh
-    metrics = ctx.out / "direct-metrics.jsonl"
+    metrics = ctx.out / f"{name}-metrics.jsonl"
     metrics.unlink(missing_ok=True)
     log_disk(ctx.work)
     command = direct_command(workload, hf, megatron, yaml_path, run_dir, metrics)
-    phase = run_phase(ctx.phase("direct", command), ctx.env, REPO, ctx.stop_after_last_step(metrics))
+    phase = run_phase(ctx.phase(name, command), ctx.env, REPO, ctx.stop_after_last_step(metrics))
     if not ctx.args.keep_runs:
         shutil.rmtree(run_dir, ignore_errors=True)
-    result = measure("direct", metrics, workload.warmup)
+    result = measure(name, metrics, workload.warmup)
     if phase.ok and result is None:
         phase.status, phase.detail = "failed", "the run ended without measurable iterations (see its log)"
     return result
@@ -1041,7 +1149,7 @@ def run_bench(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     )
     peak = json.loads(peak_file.read_text()) if peak_file.is_file() else None
 
-    runs: dict[str, Throughput | None] = {"omni3": None, "direct": None}
+    runs: dict[str, Throughput | None] = dict.fromkeys(round_runs(args.rounds))
     profile: dict[str, Any] | None = None
     if workload.gpus > 1 and not args.no_scaling:
         runs["omni3-1gpu"] = None
@@ -1053,8 +1161,9 @@ def run_bench(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
         for name in runs:
             skip(ctx.phase(name, []), "no proxy checkpoint (build or import failed)")
     else:
-        runs["omni3"] = omni3_run(ctx, "omni3", workload, hf, megatron, yaml_path)
-        runs["direct"] = direct_run(ctx, workload, hf, megatron, yaml_path)
+        for name in round_runs(args.rounds):
+            run = omni3_run if budget_name(name) == "omni3" else direct_run
+            runs[name] = run(ctx, name, workload, hf, megatron, yaml_path)
         if "omni3-1gpu" in runs:
             runs["omni3-1gpu"] = omni3_run(ctx, "omni3-1gpu", workload.on(1), hf, megatron, yaml_path)
         if args.profile:
@@ -1103,6 +1212,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--record", default=None, help="folder for the Markdown + JSON record (ci/records)")
     parser.add_argument("--out", default=None, help="logs and summary (default WORK/out)")
+    parser.add_argument(
+        "--rounds", type=int, default=1,
+        help="run omni3 and direct this many times each, alternating (omni3, direct, direct, omni3, ...): the\n"
+        "overhead's margin then includes how much a run's speed changes from one launch to the next",
+    )  # fmt: skip
     parser.add_argument("--no-scaling", action="store_true", help="--gpus 4: skip the 1-GPU baseline run")
     parser.add_argument(
         "--keep-runs", action="store_true",
@@ -1117,6 +1231,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.warmup >= args.iters:
         parser.error("--warmup must be below --iters")
+    if args.rounds < 1:
+        parser.error("--rounds must be 1 or more")
     return args
 
 
