@@ -25,8 +25,11 @@ from typing import Any
 import pytest
 
 from omni3_shared import processes
+from omni3_shared.pytest_plugin import load_script
 
 pytestmark = pytest.mark.gpu
+# The GPU tests' one way to launch a tool (python -m, or torchrun on a free port).
+TOOL_RUNS = load_script(Path(__file__).with_name("tool_runs.py"), "omni3_gpu_tool_runs")
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ("model.tensor_model_parallel_size=1", "model.expert_model_parallel_size=1")
@@ -82,18 +85,14 @@ def environment(store: Path, run: str) -> dict[str, str]:
     }
 
 
-def command(module: str, nproc: int) -> list[str]:
-    if nproc == 1:
-        return [sys.executable, "-m", module]
-    port = str(29400 + os.getpid() % 500)
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port", port,
-            "-m", module]  # fmt: skip
-
-
 def tool(store: Path, module: str, *args: str, run: str = "tool", nproc: int = 1) -> subprocess.CompletedProcess:
     started = time.monotonic()
     result = processes.run_to_end(  # a timeout ends torchrun's workers too
-        [*command(module, nproc), *args], 1200, env=environment(store, run), capture_output=True, text=True
+        [*TOOL_RUNS.tool_command(module, nproc), *args],
+        1200,
+        env=environment(store, run),
+        capture_output=True,
+        text=True,
     )
     log(f"{module} {' '.join(args)} (run {run}, {nproc} GPU): exit {result.returncode} in "
         f"{time.monotonic() - started:.0f} s")  # fmt: skip
