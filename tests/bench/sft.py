@@ -440,6 +440,20 @@ def round_pairs(runs: Mapping[str, Throughput | None]) -> list[tuple[Throughput,
     return pairs
 
 
+def overhead_of_one_round(omni3: Throughput, direct: Throughput) -> dict[str, Any]:
+    """The overhead of one omni3 run against one direct run, its margin from their steps, and the steps per run
+    that would decide the target when that margin straddles it."""
+    found: dict[str, Any] = {
+        "overhead": _round(overhead(omni3.tokens_per_s_per_gpu, direct.tokens_per_s_per_gpu), 4),
+        "overhead_margin": _round(overhead_margin(omni3, direct), 4),
+    }
+    if found["overhead"] is not None and found["overhead_margin"] is not None:
+        needed = steps_to_decide(found["overhead"], found["overhead_margin"], omni3.steps, TARGET_OVERHEAD)
+        if needed is not None:
+            found["overhead_steps_to_decide"] = needed
+    return found
+
+
 def overhead_over_rounds(pairs: Sequence[tuple[Throughput, Throughput]]) -> dict[str, Any]:
     """The overhead as the mean of the rounds' overheads, with a margin that covers both kinds of noise.
 
@@ -523,30 +537,17 @@ def derive(runs: Mapping[str, Throughput | None], peak_tflops: float | None) -> 
     if direct and peak_tflops:
         results["mfu_direct"] = _round(mfu(direct.tflops_per_gpu, peak_tflops), 4)
     pairs = round_pairs(runs)
-    if len(pairs) > 1:
-        results.update(overhead_over_rounds(pairs))
+    if pairs:
+        results.update(overhead_over_rounds(pairs) if len(pairs) > 1 else overhead_of_one_round(*pairs[0]))
         results["overhead_paired"] = all(paired(o, d) for o, d in pairs)
-        results["overhead_median_step"] = _round(
-            statistics.fmean(overhead(1 / o.median_step_seconds, 1 / d.median_step_seconds) for o, d in pairs), 4
-        )
-        results["launch_spread_omni3"] = _round(launch_spread([o for o, _ in pairs]), 4)
-        results["launch_spread_direct"] = _round(launch_spread([d for _, d in pairs]), 4)
-    elif pairs:
-        first_omni3, first_direct = pairs[0]
-        results["overhead"] = _round(overhead(first_omni3.tokens_per_s_per_gpu, first_direct.tokens_per_s_per_gpu), 4)
-        results["overhead_margin"] = _round(overhead_margin(first_omni3, first_direct), 4)
-        results["overhead_paired"] = paired(first_omni3, first_direct)
-        if results["overhead"] is not None and results["overhead_margin"] is not None:
-            needed = steps_to_decide(
-                results["overhead"], results["overhead_margin"], first_omni3.steps, TARGET_OVERHEAD
-            )
-            if needed is not None:
-                results["overhead_steps_to_decide"] = needed
         # Both runs draw the same batches in the same order: the median step time is the same comparison with
         # the slow outliers (a late batch, a hiccup) left out.
         results["overhead_median_step"] = _round(
-            overhead(1 / first_omni3.median_step_seconds, 1 / first_direct.median_step_seconds), 4
+            statistics.fmean(overhead(1 / o.median_step_seconds, 1 / d.median_step_seconds) for o, d in pairs), 4
         )
+    if len(pairs) > 1:
+        results["launch_spread_omni3"] = _round(launch_spread([o for o, _ in pairs]), 4)
+        results["launch_spread_direct"] = _round(launch_spread([d for _, d in pairs]), 4)
     if single and peak_tflops:
         results["mfu_1gpu"] = _round(mfu(single.tflops_per_gpu, peak_tflops), 4)
     if omni3 and single:
