@@ -33,11 +33,12 @@ from typing import Any
 from omni3_sft import model_shape, preflight, recipe, stage_config
 from omni3_sft.batches import BatchStats, CountingIterator
 from omni3_sft.settings import SftSettings
+from omni3_shared.rendezvous import global_rank
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # step_profile beside this file (run as a script)
 from step_profile import StepProfiler
 
-RANK = int(os.environ.get("RANK", "0"))
+RANK = global_rank()
 WORLD = int(os.environ.get("WORLD_SIZE", "1"))
 
 

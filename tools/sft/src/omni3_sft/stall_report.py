@@ -12,7 +12,6 @@ crashed one rank of each of the benchmark's three runs (SIGSEGV) while they comp
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
@@ -20,6 +19,7 @@ import traceback
 from typing import TextIO
 
 from omni3_sft.cli import TOOL
+from omni3_shared.rendezvous import global_rank
 
 
 class StallReport:
@@ -62,7 +62,7 @@ class StallReport:
 
     def _report(self, idle: float) -> None:
         names = {thread.ident: thread.name for thread in threading.enumerate()}
-        rank = os.environ.get("RANK", "0")
+        rank = global_rank()
         parts = [f"[{TOOL}] rank {rank}: no training step has ended for {idle:.0f} s; where its threads are:\n"]
         for ident, frame in sys._current_frames().items():
             if ident == threading.get_ident():
