@@ -28,12 +28,9 @@ def process_tree(root: int) -> list[int]:
     """``root`` and its running descendants, parents first (only ``root`` on a system without /proc)."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            state, parent = stat.read_text().rsplit(")", 1)[1].split()[:2]
-        except (OSError, IndexError, ValueError):
-            continue  # ended meanwhile
-        if state != "Z":
-            children.setdefault(int(parent), []).append(int(stat.parent.name))
+        parent = _parent_if_running(stat)
+        if parent is not None:
+            children.setdefault(parent, []).append(int(stat.parent.name))
     tree = [root]
     for pid in tree:  # grows while it is walked: breadth first
         tree.extend(children.get(pid, ()))
@@ -42,10 +39,17 @@ def process_tree(root: int) -> list[int]:
 
 def alive(pid: int) -> bool:
     """True while ``pid`` runs; a zombie has ended (it holds no memory and no GPU)."""
+    return _parent_if_running(Path(f"/proc/{pid}/stat")) is not None
+
+
+def _parent_if_running(stat: Path) -> int | None:
+    """The parent pid of the process whose ``/proc/<pid>/stat`` this is; None once it has ended (a zombie) or gone."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
+        # The command name, in parentheses, may hold spaces and ")": the fields after its last ")" are fixed.
+        state, parent = stat.read_text().rsplit(")", 1)[1].split()[:2]
+        return int(parent) if state != "Z" else None
+    except (OSError, IndexError, ValueError):
+        return None  # ended meanwhile
 
 
 def end_process_tree(process: subprocess.Popen, steps: Sequence[tuple[int, int]] = GENTLE) -> list[int]:
