@@ -827,6 +827,15 @@ def overhead_basis(results: Mapping[str, Any]) -> str:
     return f" ({paired_steps})" if paired_steps else ""
 
 
+def what_would_decide(results: Mapping[str, Any]) -> str:
+    """The rounds, or else the measured steps per run, that would shrink the overhead's margin off its target."""
+    if rounds := results.get("overhead_rounds_to_decide"):
+        return f"about {rounds} rounds"
+    if steps := results.get("overhead_steps_to_decide"):
+        return f"about {steps} measured steps per run"
+    return "more measured steps"
+
+
 def render_markdown(summary: Mapping[str, Any]) -> str:
     w, results = summary["workload"], summary["results"]
     gpus = card_list(summary["machine"].get("gpus") or []) or "unknown"
@@ -864,15 +873,7 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
                 value += overhead_basis(results)
         met = {True: "yes", False: "**no**", None: "not measured"}[target["met"]]
         if target["met"] is None and margin is not None and target["value"] is not None:
-            rounds, needed = results.get("overhead_rounds_to_decide"), results.get("overhead_steps_to_decide")
-            more = (
-                f"about {rounds} rounds"
-                if rounds
-                else f"about {needed} measured steps per run"
-                if needed
-                else "more measured steps"
-            )
-            met = f"**not shown** (the margin straddles the target: {more} would decide it)"
+            met = f"**not shown** (the margin straddles the target: {what_would_decide(results)} would decide it)"
         lines.append(f"| {target['name']} | {value} | {target['goal']} | {met} |")
     extra = {k: v for k, v in results.items() if k not in {t["name"] for t in summary["targets"]}}
     if extra:
